@@ -1,0 +1,189 @@
+"""The ``bevdeploy`` command line.
+
+Every command turns a ``BevDeployError`` into one red line and the exit code of its class
+(``bevdeploy.errors``); ``--debug`` shows the traceback instead. Heavy imports (torch, the model)
+happen inside the commands that need them, so ``bevdeploy doctor`` and the runtime commands work
+on a machine without PyTorch.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bevdeploy import __version__
+from bevdeploy.errors import BevDeployError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="BEVFusion from a PyTorch checkpoint to a fast, verified deployment.")
+presets_app = typer.Typer(no_args_is_help=True, help="List and show model presets.")
+app.add_typer(presets_app, name="presets")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a ``BevDeployError`` as one line and exit with its class's code (``--debug``: raise)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BevDeployError as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+    return wrapper
+
+
+def command(group: typer.Typer = app, name: str | None = None) -> Callable[..., Any]:
+    """``group.command`` with the error policy applied."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return group.command(name)(_reports_errors(fn))
+    return register
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"bevdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    _state["debug"] = debug
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def _print_summary(root: Path) -> None:
+    from bevdeploy.data.summary import summarize
+
+    s = summarize(root)
+    table = Table(title=f"nuScenes-format dataset {s.root} ({s.version})")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("scenes", f"{len(s.scenes)}: {', '.join(s.scenes)}")
+    table.add_row("samples (key frames)", str(s.samples))
+    table.add_row("LiDAR sweeps (key + intermediate)", f"{s.lidar_key_sweeps} + "
+                  f"{s.lidar_sweeps - s.lidar_key_sweeps}")
+    table.add_row("mean points per key sweep", f"{s.mean_points_per_key_sweep:,.0f}")
+    table.add_row("camera images", str(s.camera_images))
+    table.add_row("annotations", str(s.annotations))
+    for name, count in sorted(s.per_class.items()):
+        table.add_row(f"  {name}", str(count))
+    console.print(table)
+
+
+@command()
+def synth(out: Path = typer.Option(..., "--out", help="Directory to create (written atomically)."),
+          scenes: int = typer.Option(2, help="Number of scenes (≤ 10, named after the mini splits)."),
+          samples: int = typer.Option(10, help="Key frames per scene (2 Hz)."),
+          seed: int = typer.Option(0, help="Random seed; the same seed writes the same bytes."),
+          density: float = typer.Option(1.0, help="LiDAR azimuth density (1.0 ≈ 30k points/sweep)."),
+          overwrite: bool = typer.Option(False, help="Replace an existing directory.")) -> None:
+    """Write a synthetic world as a nuScenes-format dataset (v1.0-mini tables and files)."""
+    from bevdeploy.data.synthetic import write_world
+
+    t0 = time.perf_counter()
+    root = write_world(out, scenes=scenes, samples=samples, seed=seed, density=density,
+                       overwrite=overwrite)
+    console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
+    _print_summary(root)
+
+
+@command()
+def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of the demo."),
+         data: Optional[Path] = typer.Option(None, help="An existing nuScenes-format dataset; "
+                                             "a small synthetic world is generated if omitted."),
+         preset: str = typer.Option("tiny", help="Preset whose input conventions are used.")) -> None:
+    """The main job on the embedded default: a synthetic world, loaded as Frames, summarised."""
+    from bevdeploy.data.nuscenes import NuScenesLoader
+    from bevdeploy.data.synthetic import write_world
+    from bevdeploy.presets import get_preset
+
+    p = get_preset(preset)
+    if data is None:
+        data = out / "world"
+        if not (data / "v1.0-mini").exists():
+            t0 = time.perf_counter()
+            write_world(data, scenes=2, samples=4, seed=0, density=0.5)
+            console.print(f"generated a synthetic world in {data} ({time.perf_counter() - t0:.1f} s)")
+    _print_summary(data)
+    loader = NuScenesLoader(data, version="v1.0-mini", split="mini_val", preset=p)
+    t0 = time.perf_counter()
+    frame = loader[0]
+    load_ms = (time.perf_counter() - t0) * 1e3
+    lags = frame.points[:, 4] if frame.points.shape[1] > 4 else None
+    console.print(
+        f"frame {frame.token}: {frame.images.shape[0]} cameras {frame.images.shape[2]}×"
+        f"{frame.images.shape[1]}, {frame.points.shape[0]:,} points"
+        + (f" from {len(set(lags.round(3).tolist()))} sweeps" if lags is not None else "")
+        + f", {len(frame.gt) if frame.gt is not None else 0} GT boxes; loaded in {load_ms:.0f} ms")
+
+
+# ---------------------------------------------------------------------------------- presets
+
+
+@command(presets_app, "list")
+def presets_list() -> None:
+    """Names of the registered presets."""
+    from bevdeploy.presets import get_preset, list_presets
+
+    table = Table(title="presets")
+    for col in ("name", "cameras", "image", "BEV", "voxel grid", "backbone"):
+        table.add_column(col)
+    for name in list_presets():
+        p = get_preset(name)
+        bb = p.model.backbone
+        table.add_row(name, str(p.cameras.num_cameras), "×".join(map(str, p.cameras.image_size)),
+                      "×".join(map(str, p.bev_size)), "×".join(map(str, p.grid_size)),
+                      f"{bb.type}{bb.depth if bb.type == 'resnet' else '-T'}")
+    console.print(table)
+
+
+@command(presets_app, "show")
+def presets_show(name: str = typer.Argument(..., help="Preset name or YAML path.")) -> None:
+    """Print a preset as YAML (edit it and pass the file wherever a preset is accepted)."""
+    from bevdeploy.presets import get_preset
+
+    console.print(get_preset(name).to_yaml(), markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------- system
+
+
+@command()
+def doctor() -> None:
+    """Versions of the stack, and whether CUDA / TensorRT are usable (with the reason if not)."""
+    from bevdeploy.doctor import run_checks
+
+    table = Table(title=f"bevdeploy {__version__}")
+    table.add_column("component")
+    table.add_column("status")
+    table.add_column("detail")
+    for c in run_checks():
+        table.add_row(c.name, "[green]ok[/green]" if c.ok else "[yellow]no[/yellow]", c.detail)
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
