@@ -1,0 +1,92 @@
+"""TransFusion box coder: boxes ↔ regression targets (spec/model.md §5.3–§5.4).
+
+The network regresses in the reference's legacy mmdet3d dialect, so the coder is where the
+dialect is crossed, once per direction, through ``bevdeploy.data.boxes``:
+
+* ``encode`` takes bevdeploy boxes and returns the 10 targets the checkpoint was trained on:
+  ``[cx, cy, height, log w, log l, log h, sin θ, cos θ, vx, vy]`` with ``(cx, cy)`` in BEV-cell
+  units ``(x − pc_min) / (out_size_factor · voxel_size)``, ``θ`` the legacy yaw, and
+  ``height = z_centre + h/2``: the reference's z quirk (its info files store the centre z and
+  wrap it as if it were the bottom, then add h/2 "bottom to gravity centre").
+* ``decode`` inverts it: ``z = height − h/2`` is therefore ≈ the object's centre, and the legacy
+  box is converted with ``from_mmdet3d_legacy(..., z_is_bottom=False)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bevdeploy.data.boxes import from_mmdet3d_legacy, to_mmdet3d_legacy
+from bevdeploy.data.frame import Detections
+from bevdeploy.errors import InputError
+from bevdeploy.presets import Preset
+
+CODE_SIZE = 10
+
+
+class TransFusionBBoxCoder:
+    """Box coding for the TransFusion head, with every constant read from the preset."""
+
+    def __init__(self, preset: Preset) -> None:
+        head = preset.model.head
+        r = preset.points.point_cloud_range
+        v = preset.voxel.voxel_size
+        self.pc_min = (float(r[0]), float(r[1]))
+        self.cell_size = (head.out_size_factor * float(v[0]), head.out_size_factor * float(v[1]))
+        self.post_center_range = tuple(float(x) for x in head.post_center_range)
+        self.score_threshold = float(head.score_threshold)
+        self.class_names = tuple(preset.classes)
+
+    def encode(self, boxes: Tensor | np.ndarray) -> Tensor:
+        """(K, 9) bevdeploy boxes ``[x, y, z, l, w, h, yaw, vx, vy]`` → (K, 10) float32 targets
+        (on the input's device when it is a tensor)."""
+        device = boxes.device if isinstance(boxes, Tensor) else torch.device("cpu")
+        array = boxes.detach().cpu().numpy() if isinstance(boxes, Tensor) else np.asarray(boxes)
+        if array.ndim != 2 or array.shape[1] != 9:
+            raise InputError(f"expected (K, 9) boxes [x, y, z, l, w, h, yaw, vx, vy], got "
+                             f"{array.shape}", field="gt_boxes")
+        if not np.isfinite(array).all() or (array[:, 3:6] <= 0).any():
+            raise InputError("boxes must be finite with positive l, w, h", field="gt_boxes")
+        legacy = torch.from_numpy(to_mmdet3d_legacy(array, z_is_bottom=False))
+        x, y, z, width, length, height, theta = legacy[:, :7].unbind(1)
+        targets = torch.stack([
+            (x - self.pc_min[0]) / self.cell_size[0],
+            (y - self.pc_min[1]) / self.cell_size[1],
+            z + height / 2,
+            width.log(), length.log(), height.log(),
+            theta.sin(), theta.cos(),
+            legacy[:, 7], legacy[:, 8],
+        ], dim=1)
+        return targets.to(device)
+
+    def decode(self, scores: Tensor, rot: Tensor, dim: Tensor, center: Tensor, height: Tensor,
+               vel: Tensor) -> list[Detections]:
+        """Head outputs (each (B, n, P)) → one ``Detections`` per batch item.
+
+        ``scores`` (B, K, P) are the final per-class scores (zero except the query's class);
+        the label is their argmax. Boxes whose (x, y, z) lies outside ``post_center_range``
+        (inclusive) are dropped; a positive ``score_threshold`` keeps only scores above it
+        (0 means no threshold, as the reference's falsy 0.0). There is no NMS.
+        """
+        best, labels = scores.max(dim=1)
+        x = center[:, 0] * self.cell_size[0] + self.pc_min[0]
+        y = center[:, 1] * self.cell_size[1] + self.pc_min[1]
+        size = dim.exp()
+        z = height[:, 0] - size[:, 2] / 2
+        theta = torch.atan2(rot[:, 0], rot[:, 1])
+        legacy = torch.stack([x, y, z, size[:, 0], size[:, 1], size[:, 2], theta,
+                              vel[:, 0], vel[:, 1]], dim=-1)  # (B, P, 9)
+        lo = legacy.new_tensor(self.post_center_range[:3])
+        hi = legacy.new_tensor(self.post_center_range[3:])
+        keep = ((legacy[..., :3] >= lo) & (legacy[..., :3] <= hi)).all(dim=-1)
+        if self.score_threshold > 0:
+            keep &= best > self.score_threshold
+        out = []
+        for b in range(legacy.shape[0]):
+            boxes = legacy[b][keep[b]].detach().float().cpu().numpy()
+            out.append(Detections(from_mmdet3d_legacy(boxes, z_is_bottom=False),
+                                  best[b][keep[b]].detach().float().cpu().numpy(),
+                                  labels[b][keep[b]].cpu().numpy(), self.class_names))
+        return out
