@@ -1,0 +1,1 @@
+"""Reference BEVFusion in plain PyTorch, with module names equal to the official checkpoint keys."""
