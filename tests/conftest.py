@@ -1,0 +1,57 @@
+"""Shared fixtures: a small synthetic nuScenes-format world (built once per session) and a
+Frame comparison with stated tolerances."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bevdeploy.data.frame import Frame
+
+WORLD_SCENES = 2
+WORLD_SAMPLES = 3
+WORLD_SEED = 0
+WORLD_DENSITY = 0.15
+
+
+@pytest.fixture(scope="session")
+def synthetic_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 scenes × 3 key frames, written once: the real devkit loading path runs on it."""
+    from bevdeploy.data.synthetic import write_world
+
+    return write_world(tmp_path_factory.mktemp("world") / "nuscenes", scenes=WORLD_SCENES,
+                       samples=WORLD_SAMPLES, seed=WORLD_SEED, density=WORLD_DENSITY)
+
+
+def _assert_frames_equal(a: Frame, b: Frame) -> None:
+    """Same sample, same sensor data. Images and points are read from the same files through
+    the same transforms, so they must match exactly (points to 1e-5 m); calibration to 1e-9;
+    GT boxes to float32 precision (1e-4 m / rad), since an info file stores them in the
+    reference's legacy dialect and they are converted back."""
+    assert a.token == b.token and a.timestamp == b.timestamp
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_allclose(a.points, b.points, atol=1e-5, rtol=0)
+    assert a.calib.camera_names == b.calib.camera_names
+    for name in ("intrinsics", "camera2lidar", "lidar2ego", "ego2global"):
+        np.testing.assert_allclose(getattr(a.calib, name), getattr(b.calib, name), atol=1e-9,
+                                   rtol=0, err_msg=name)
+    assert (a.gt is None) == (b.gt is None)
+    if a.gt is None or b.gt is None:
+        return
+    ba, bb = a.gt.boxes, b.gt.boxes
+    assert ba.shape == bb.shape
+    np.testing.assert_allclose(ba[:, [0, 1, 2, 3, 4, 5, 7, 8]], bb[:, [0, 1, 2, 3, 4, 5, 7, 8]],
+                               atol=1e-4, rtol=0)
+    dyaw = ba[:, 6].astype(np.float64) - bb[:, 6]
+    np.testing.assert_allclose(np.arctan2(np.sin(dyaw), np.cos(dyaw)), 0.0, atol=1e-4)
+    assert list(a.gt.names) == list(b.gt.names)
+    np.testing.assert_array_equal(a.gt.num_lidar_pts, b.gt.num_lidar_pts)
+    assert list(a.gt.tokens) == list(b.gt.tokens)
+
+
+@pytest.fixture()
+def assert_frames_equal() -> Callable[[Frame, Frame], None]:
+    return _assert_frames_equal
