@@ -1,0 +1,1 @@
+"""Exporters: the five deploy modules of a BEVFusion model, written as ONNX files."""

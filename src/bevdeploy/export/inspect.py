@@ -1,0 +1,85 @@
+"""``bevdeploy inspect``: what is inside a deploy package, as rich tables.
+
+Loading goes through ``load_package``, so inspecting a package also verifies every file's hash.
+Torch-free: it reads only the manifest and, for the TensorRT column, the ONNX graphs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from rich.console import Console
+from rich.table import Table
+
+from bevdeploy.export.trt_ops import tensorrt_violations
+from bevdeploy.package import DeployPackage, ModuleEntry, load_package
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.1f} MiB"
+
+
+def _shape(shape: tuple[int | str, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _tensorrt(pkg: DeployPackage, entry: ModuleEntry) -> str:
+    """Whether TensorRT's ONNX parser takes the file (the SCN file is not meant for it)."""
+    if entry.name == "lidar.backbone":
+        return "n/a (SCN executor)"
+    problems = tensorrt_violations(onnx.load(str(pkg.path(entry.name)), load_external_data=False))
+    return "parses" if not problems else f"[red]{len(problems)} unsupported[/red]"
+
+
+def package_tables(pkg: DeployPackage) -> list[Table]:
+    """Summary, modules, I/O and op-census tables of a loaded package."""
+    m = pkg.manifest
+    summary = Table(title=f"deploy package {pkg.root}", show_header=False)
+    summary.add_column("item")
+    summary.add_column("value")
+    summary.add_row("preset", m.preset.name)
+    summary.add_row("format", m.format_version)
+    summary.add_row("created (UTC)", m.created_utc)
+    summary.add_row("checkpoint", "random weights" if m.checkpoint is None
+                    else f"{m.checkpoint.get('file', '?')} (sha256 {m.checkpoint['sha256'][:16]}…)")
+    summary.add_row("cameras", ", ".join(m.preset.cameras.names))
+    summary.add_row("classes", ", ".join(m.preset.classes))
+    summary.add_row("produced by", ", ".join(f"{k} {v}" for k, v in m.versions.items()))
+
+    modules = Table(title="modules")
+    for col, justify in (("module", "left"), ("file", "left"), ("precision", "left"),
+                         ("opset", "right"), ("size", "right"), ("nodes", "right"),
+                         ("TensorRT", "left")):
+        modules.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for entry in m.modules.values():
+        modules.add_row(entry.name, entry.file, entry.precision, str(entry.opset),
+                        _size(entry.size), str(sum(entry.ops.values())), _tensorrt(pkg, entry))
+
+    io = Table(title="inputs and outputs")
+    for col in ("module", "", "name", "shape", "dtype"):
+        io.add_column(col)
+    for entry in m.modules.values():
+        for direction, specs in (("in", entry.inputs), ("out", entry.outputs)):
+            for spec in specs:
+                io.add_row(entry.name, direction, spec.name, _shape(spec.shape), spec.dtype)
+
+    census = Table(title="op census (nodes per op type)")
+    census.add_column("op")
+    names = list(m.modules)
+    for name in names:
+        census.add_column(name, justify="right")
+    ops = sorted({op for e in m.modules.values() for op in e.ops},
+                 key=lambda op: (-sum(e.ops.get(op, 0) for e in m.modules.values()), op))
+    for op in ops:
+        census.add_row(op, *(str(m.modules[n].ops.get(op, "")) for n in names))
+    return [summary, modules, io, census]
+
+
+def print_package(path: str | Path, *, console: Console | None = None) -> None:
+    """Verify the package at ``path`` and print its tables (``PackageError`` if it is damaged)."""
+    console = console or Console()
+    for table in package_tables(load_package(path)):
+        console.print(table)

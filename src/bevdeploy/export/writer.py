@@ -1,0 +1,162 @@
+"""``export_package``: a preset (+ checkpoint) → a complete, verified deploy package directory.
+
+The package is built in a temporary directory next to ``out`` and renamed into place only when
+every file and the manifest (written last) are complete, so an interrupted or failed export
+never leaves a half-written package behind and never damages a previous one at ``out``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from bevdeploy import __version__
+from bevdeploy.errors import PackageError
+from bevdeploy.export.camera import camera_backbone_graph, camera_vtransform_graph
+from bevdeploy.export.fuser import fuser_graph
+from bevdeploy.export.head import head_graph
+from bevdeploy.export.onnx_utils import (
+    DEFAULT_OPSET, DenseGraph, export_graph, graph_io, model_opset, op_census,
+)
+from bevdeploy.export.scn import export_scn
+from bevdeploy.model.bevfusion import BEVFusion
+from bevdeploy.model.checkpoint import load_checkpoint
+from bevdeploy.package import (
+    MANIFEST_NAME, MODULE_FILES, Manifest, ModuleEntry, sha256_file, verify_file,
+)
+from bevdeploy.presets import Preset
+
+# Distributions whose versions are recorded in the manifest (what produced the files).
+RECORDED_VERSIONS: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "spconv", "numpy")
+
+RANDOM_INIT_SEED = 0
+
+
+def dense_graphs(model: BEVFusion, preset: Preset) -> list[DenseGraph]:
+    """The four dense graphs of ``model`` in pipeline order."""
+    return [camera_backbone_graph(model, preset), camera_vtransform_graph(model, preset),
+            fuser_graph(model, preset), head_graph(model, preset)]
+
+
+def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
+                   opset: int = DEFAULT_OPSET) -> Path:
+    """Export the five modules of ``preset``'s model and their manifest to the directory
+    ``out``. Weights come from ``checkpoint``, or from a random initialisation seeded with
+    ``RANDOM_INIT_SEED`` when it is ``None`` (demo and test packages).
+
+    ``out`` may not exist yet, be empty, or hold a previous package (which is replaced only
+    after the new one is complete); anything else is refused rather than overwritten.
+    Returns ``out``.
+    """
+    out = Path(out)
+    _check_replaceable(out)
+    with torch.random.fork_rng():
+        torch.manual_seed(RANDOM_INIT_SEED)  # reproducible files when no checkpoint is given
+        model = BEVFusion(preset).eval()
+    checkpoint_info = None
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+        checkpoint_info = {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the package is an ordinary directory
+    try:
+        modules: dict[str, ModuleEntry] = {}
+        for graph in dense_graphs(model, preset):
+            path = staging / MODULE_FILES[graph.name]
+            onnx_model = export_graph(graph, path, opset=opset)
+            modules[graph.name] = _dense_entry(graph.name, path, onnx_model)
+        scn_path = staging / MODULE_FILES["lidar.backbone"]
+        scn_entry = export_scn(model.encoders["lidar"]["backbone"], preset, scn_path)
+        modules["lidar.backbone"] = _scn_entry(scn_path, scn_entry)
+
+        manifest = Manifest(
+            preset=preset,
+            modules={name: modules[name] for name in MODULE_FILES},
+            versions=_versions(),
+            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            checkpoint=checkpoint_info,
+        )
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------- entries
+
+
+def _dense_entry(name: str, path: Path, model: onnx.ModelProto) -> ModuleEntry:
+    inputs, outputs = graph_io(model)
+    return ModuleEntry(name=name, file=path.name, sha256=sha256_file(path),
+                       size=path.stat().st_size, precision="fp32", opset=model_opset(model),
+                       inputs=inputs, outputs=outputs, ops=op_census(model))
+
+
+def _scn_entry(path: Path, entry: Mapping[str, Any]) -> ModuleEntry:
+    """Parse what ``export_scn`` reports about its file with the manifest's own schema, and
+    check its hash against the file it wrote."""
+    module = ModuleEntry.from_dict("lidar.backbone", dict(entry), source=path)
+    if module.file != path.name:
+        raise PackageError(f"export_scn reported file {module.file!r}", path=path,
+                           field="modules.lidar.backbone.file")
+    verify_file(path.parent, module)
+    return module
+
+
+def _versions() -> dict[str, str]:
+    versions = {"bevdeploy": __version__, "torch": torch.__version__}
+    for dist in RECORDED_VERSIONS:
+        try:
+            versions.setdefault(dist, md.version(dist))
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+# ---------------------------------------------------------------------------------- placing
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to export over anything that is not an empty directory or a previous package:
+    a mistyped ``--out`` must not delete a user's directory."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PackageError("exists and is not a directory; choose another output path", path=out)
+    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise PackageError(f"is a non-empty directory without {MANIFEST_NAME} (not a previous "
+                           f"package); refusing to replace it", path=out)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished ``staging`` directory to ``out``.
+
+    A previous ``out`` is first renamed aside and deleted only after the new package is in
+    place; if the second rename fails the previous package is put back.
+    """
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    _check_replaceable(out)
+    aside = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
+    os.rename(out, aside)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
