@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -64,6 +65,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
           version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     _state["debug"] = debug
+    # spconv 2.3.8 indexes with a list inside dense(); the warning is its own, not the user's.
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional "
+                            "indexing is deprecated", category=UserWarning)
 
 
 # ---------------------------------------------------------------------------------- data
@@ -133,6 +137,116 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
         f"{frame.images.shape[1]}, {frame.points.shape[0]:,} points"
         + (f" from {len(set(lags.round(3).tolist()))} sweeps" if lags is not None else "")
         + f", {len(frame.gt) if frame.gt is not None else 0} GT boxes; loaded in {load_ms:.0f} ms")
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+@command(name="model-info")
+def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name or YAML path."),
+               seed: int = typer.Option(0, help="Seed of the probe frame the MACs are counted on.")
+               ) -> None:
+    """Parameters and MACs per top-level module, counted on a real forward of a probe frame
+    (sparse convolutions from their kernel maps): the floor for the performance work."""
+    from bevdeploy.model.macs import model_info as count, model_info_table, probe_frame
+    from bevdeploy.presets import get_preset
+
+    p = get_preset(preset)
+    console.print(model_info_table(count(p, probe_frame(p, seed=seed)), title=f"{p.name} model info"))
+
+
+@command()
+def infer(data: Path = typer.Option(..., help="nuScenes-format dataset root."),
+          out: Path = typer.Option(..., help="Output directory (detections.json, results_nusc.json)."),
+          backend: str = typer.Option("torch", help="Inference backend: torch (the PyTorch reference)."),
+          preset: str = typer.Option("tiny", help="Preset name or YAML path."),
+          checkpoint: Optional[Path] = typer.Option(None, help="Weights; the preset's default "
+                                                    "checkpoint when omitted."),
+          version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+          split: str = typer.Option("mini_val", help="Split: train/val/test/mini_train/mini_val/all."),
+          limit: Optional[int] = typer.Option(None, help="Only the first N frames."),
+          fp16_points: bool = typer.Option(False, help="Round points through float16 first, as the "
+                                           "published numbers did."),
+          seed: int = typer.Option(0, help="Seed of the initial weights when no checkpoint exists.")
+          ) -> None:
+    """Run detection on every frame of a split; write detections (our convention) and a nuScenes
+    submission (global frame), both atomically."""
+    import json
+
+    from rich.progress import track
+
+    from bevdeploy.data.nuscenes import NuScenesLoader, detections_to_nuscenes, write_submission
+    from bevdeploy.data.readers import atomic_write
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.presets import get_preset
+
+    if backend != "torch":
+        raise ConfigError(f"unknown backend {backend!r}; available: torch", field="--backend")
+    import torch
+
+    from bevdeploy.model.bevfusion import BEVFusion
+    from bevdeploy.model.checkpoint import load_checkpoint
+
+    p = get_preset(preset)
+    torch.manual_seed(seed)
+    model = BEVFusion(p).eval()
+    weights = checkpoint or (Path(p.checkpoint) if p.checkpoint else None)
+    if weights is None:
+        err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: the "
+                          f"weights are randomly initialised (seed {seed}); boxes are meaningless")
+    else:
+        console.print(load_checkpoint(model, weights, strict=True).table())
+    loader = NuScenesLoader(data, version=version, split=split, preset=p)
+    n = len(loader) if limit is None else min(limit, len(loader))
+    detections, submission, times = {}, {}, []
+    for i in track(range(n), description=f"{backend} inference", console=err_console):
+        frame = loader[i]
+        t0 = time.perf_counter()
+        dets = model.predict(frame, fp16_points=fp16_points)
+        times.append(time.perf_counter() - t0)
+        detections[frame.token] = dets.to_dict()
+        submission[frame.token] = detections_to_nuscenes(dets, frame.calib, frame.token)
+    atomic_write(out / "detections.json", json.dumps(
+        {"preset": p.name, "backend": backend, "frames": detections}).encode())
+    write_submission(out / "results_nusc.json", submission)
+    if times:
+        times.sort()
+        console.print(f"{n} frames; median {times[len(times) // 2] * 1e3:.0f} ms per frame "
+                      f"(preprocessing + forward + decode); wrote {out}/detections.json and "
+                      f"{out}/results_nusc.json")
+
+
+# ---------------------------------------------------------------------------------- package
+
+
+@command()
+def export(out: Path = typer.Option(..., help="Package directory to write (atomically)."),
+           preset: str = typer.Option("tiny", help="Preset name or YAML path."),
+           checkpoint: Optional[Path] = typer.Option(None, help="Weights; the preset's default "
+                                                     "checkpoint, else a seeded random init."),
+           opset: int = typer.Option(17, help="ONNX opset of the dense graphs.")) -> None:
+    """Export the five ONNX modules and the manifest as a self-contained deploy package."""
+    from bevdeploy.export.inspect import print_package
+    from bevdeploy.export.writer import export_package
+    from bevdeploy.presets import get_preset
+
+    p = get_preset(preset)
+    weights = checkpoint or (Path(p.checkpoint) if p.checkpoint else None)
+    if weights is None:
+        err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: exporting "
+                          "seeded random weights (fine for shapes and speed, not for boxes)")
+    t0 = time.perf_counter()
+    root = export_package(p, weights, out, opset=opset)
+    console.print(f"exported {root} in {time.perf_counter() - t0:.1f} s")
+    print_package(root, console=console)
+
+
+@command(name="inspect")
+def inspect_package(package: Path = typer.Argument(..., help="Deploy package directory.")) -> None:
+    """Print a package's manifest as tables (every file's hash is verified first)."""
+    from bevdeploy.export.inspect import print_package
+
+    print_package(package, console=console)
 
 
 # ---------------------------------------------------------------------------------- presets

@@ -370,7 +370,7 @@ def model_info(preset: Preset, frame: Frame | None = None) -> list[ModuleCost]:
 def model_info_table(rows: Sequence[ModuleCost], title: str = "model info") -> Table:
     """A rich table of ``rows`` with a total line (params in M, MACs in G)."""
     table = Table(title=title)
-    table.add_column("module")
+    table.add_column("module", no_wrap=True)
     table.add_column("params (M)", justify="right")
     table.add_column("state keys", justify="right")
     table.add_column("MACs (G)", justify="right")
