@@ -30,8 +30,6 @@ CUDA-BEVFusion itself ships and runs the XYZ file, and the measured speed differ
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
+from bevdeploy.io import atomic_write
 from bevdeploy.errors import PackageError
 from bevdeploy.package import TensorSpec
 
@@ -379,16 +378,7 @@ def write_scn(graph: ScnGraph, path: str | Path) -> onnx.ModelProto:
     """
     path = Path(path)
     model = scn_to_model(graph, source=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name (same filesystem, so the rename is atomic); open() keeps the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, model.SerializeToString())
     return model
 
 

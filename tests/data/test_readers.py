@@ -18,9 +18,10 @@ from pypcd4 import PointCloud
 
 from bevdeploy.data.calib_yaml import read_calibration, write_calibration
 from bevdeploy.data.frame import Calibration
-from bevdeploy.data.readers import (Sweep, atomic_write, read_image, read_images,
-                                    read_multisweep, read_points, select_sweeps)
+from bevdeploy.data.readers import (Sweep, read_image, read_images, read_multisweep,
+                                    read_points, select_sweeps)
 from bevdeploy.errors import InputError
+from bevdeploy.io import atomic_write
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

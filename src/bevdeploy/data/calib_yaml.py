@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from bevdeploy.data.frame import Calibration
-from bevdeploy.data.readers import atomic_write
+from bevdeploy.io import atomic_write
 from bevdeploy.errors import InputError
 
 _TOP_LEVEL = {"cameras", "lidar2ego", "ego2global"}

@@ -38,7 +38,8 @@ from numpy.core import multiarray, numeric
 
 from bevdeploy.data.boxes import from_mmdet3d_legacy, to_mmdet3d_legacy
 from bevdeploy.data.nuscenes import (Annotations, Pose, RecordFrames, SampleRecord, SensorRecord)
-from bevdeploy.data.readers import SweepPolicy, atomic_write
+from bevdeploy.data.readers import SweepPolicy
+from bevdeploy.io import atomic_write
 from bevdeploy.errors import DatasetError, UnsafeFileError
 from bevdeploy.presets import Preset
 

@@ -33,9 +33,9 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
 from bevdeploy.data.frame import Calibration, Detections, Frame, GroundTruth
-from bevdeploy.data.readers import (SweepPolicy, Sweep, atomic_write, read_images,
-                                    read_multisweep)
+from bevdeploy.data.readers import SweepPolicy, Sweep, read_images, read_multisweep
 from bevdeploy.errors import ConfigError, DatasetError, InputError
+from bevdeploy.io import atomic_write
 from bevdeploy.presets import Preset, get_preset
 
 LIDAR_CHANNEL = "LIDAR_TOP"

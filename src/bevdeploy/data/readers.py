@@ -5,16 +5,11 @@ Every reader turns a bad file into an ``InputError`` that names the file and the
 traceback. Multi-sweep aggregation lives here because it is LiDAR reading with a rule set
 (spec/model.md §1.3), shared by the nuScenes loader and the info-file loader, and usable with any
 rig that can give each previous sweep's pose relative to the key sweep.
-
-Also here: ``atomic_write``, the one way ``bevdeploy.data`` writes a file (calibration YAML, info
-``.pkl``, submissions), so that an interrupted run never leaves a half-written file behind.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,21 +264,3 @@ def read_images(paths: Sequence[str | Path], cameras: Sequence[str],
 
 
 # ----------------------------------------------------------------------------------- writing
-
-
-def atomic_write(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename,
-    so that readers see the old file or the new one, never a partial write."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p

@@ -8,10 +8,7 @@ never leaves a half-written package behind and never damages a previous one at `
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 import onnx
 import torch
 
+from bevdeploy.io import replace_dir, staging_dir
 from bevdeploy import __version__
 from bevdeploy.errors import PackageError
 from bevdeploy.export.camera import camera_backbone_graph, camera_vtransform_graph
@@ -68,9 +66,7 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
         load_checkpoint(model, checkpoint)
         checkpoint_info = {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the package is an ordinary directory
+    staging = staging_dir(out)
     try:
         modules: dict[str, ModuleEntry] = {}
         for graph in dense_graphs(model, preset):
@@ -89,7 +85,8 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
             checkpoint=checkpoint_info,
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-        _move_into_place(staging, out)
+        _check_replaceable(out)  # again: it may have changed while we exported
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -140,23 +137,3 @@ def _check_replaceable(out: Path) -> None:
     if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise PackageError(f"is a non-empty directory without {MANIFEST_NAME} (not a previous "
                            f"package); refusing to replace it", path=out)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished ``staging`` directory to ``out``.
-
-    A previous ``out`` is first renamed aside and deleted only after the new package is in
-    place; if the second rename fails the previous package is put back.
-    """
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    _check_replaceable(out)
-    aside = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
-    os.rename(out, aside)
-    try:
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(aside, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import re
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from rich.table import Table
 from spconv.pytorch.conv import SparseConvolution
 from torch import Tensor, nn
 
+from bevdeploy.io import atomic_file
 from bevdeploy import __version__
 from bevdeploy.errors import CheckpointError, UnsafeFileError
 
@@ -480,17 +479,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | N
                 time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **({"preset": preset.name} if preset is not None else {}))
     state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"meta": meta, "state_dict": state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(p) as handle:
+        torch.save({"meta": meta, "state_dict": state}, handle)
     return p
 
 

@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bevdeploy.io import replace_dir, staging_dir
 from bevdeploy import __version__
 from bevdeploy.data.boxes import points_in_boxes
 from bevdeploy.data.synthetic.camera import render
@@ -85,18 +85,15 @@ def write_world(out: str | Path, scenes: int = 2, samples: int = 10, seed: int =
     world = build_world(seed, scenes, samples)
     _check_target(out, overwrite)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial",
-                                        dir=out.parent))
+        staging = staging_dir(out)
     except OSError as exc:
         raise DatasetError(f"cannot create the output directory: {exc}", path=out) from exc
     try:
-        staging.chmod(0o755)
         _write(staging, world, seed, density)
         (staging / MARKER).write_text(json.dumps({
             "generator": "bevdeploy.data.synthetic", "bevdeploy": __version__, "version": VERSION,
             "scenes": scenes, "samples": samples, "seed": seed, "density": density}, indent=1))
-        _replace(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -127,18 +124,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
                                                  and not (out / MARKER).is_file()):
         raise DatasetError(f"refusing to overwrite: not an empty directory nor a synthetic world "
                            f"(no {MARKER})", path=out)
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Move ``staging`` to ``out``, removing a previous ``out`` only once the new one is whole."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
 
 
 def _token(seed: int, *parts: object) -> str:
