@@ -357,7 +357,20 @@ class Preset:
     points: PointsConfig = field(default_factory=PointsConfig)
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    checkpoint: str | None = None  # default weights shipped with the package, if any
+    # Default weights: a path, or a path relative to the package's ``assets/`` folder for the
+    # weights bevdeploy ships (see ``checkpoint_path``).
+    checkpoint: str | None = None
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The default checkpoint as a path: absolute or cwd-relative if it exists as given,
+        else resolved inside the installed ``bevdeploy/assets/`` folder."""
+        if self.checkpoint is None:
+            return None
+        given = Path(self.checkpoint)
+        if given.is_absolute() or given.exists():
+            return given
+        return Path(__file__).parent / "assets" / given
 
     # ---- derived shapes (one place) ----
     @property
