@@ -113,11 +113,22 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to create (writ
 def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of the demo."),
          data: Optional[Path] = typer.Option(None, help="An existing nuScenes-format dataset; "
                                              "a small synthetic world is generated if omitted."),
-         preset: str = typer.Option("tiny", help="Preset whose input conventions are used.")) -> None:
-    """The main job on the embedded default: a synthetic world, loaded as Frames, summarised."""
+         preset: str = typer.Option("tiny", help="Preset to export and run."),
+         frames: int = typer.Option(3, min=1, help="Frames of mini_val to run and render."),
+         threads: Optional[int] = typer.Option(None, min=1, help="CPU threads of the runtime "
+                                               "(default: all cores).")) -> None:
+    """The main job end to end on the embedded default: a synthetic world, the preset exported
+    as a deploy package, the torch-free runtime on a few frames, pictures and stage timings."""
+    import statistics
+
     from bevdeploy.data.nuscenes import NuScenesLoader
     from bevdeploy.data.synthetic import write_world
+    from bevdeploy.errors import PackageError
+    from bevdeploy.export.writer import export_package
+    from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
+    from bevdeploy.runtime import Pipeline
+    from bevdeploy.viz import render_frame, view_extent
 
     p = get_preset(preset)
     if data is None:
@@ -125,18 +136,45 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
         if not (data / "v1.0-mini").exists():
             t0 = time.perf_counter()
             write_world(data, scenes=2, samples=4, seed=0, density=0.5)
-            console.print(f"generated a synthetic world in {data} ({time.perf_counter() - t0:.1f} s)")
+            console.print(f"generated a synthetic world in {data} "
+                          f"({time.perf_counter() - t0:.1f} s)")
     _print_summary(data)
+
+    package = out / "package"
+    try:
+        reusable = load_package(package).preset == p
+    except PackageError:
+        reusable = False
+    if reusable:
+        console.print(f"reusing the deploy package {package}")
+    else:
+        t0 = time.perf_counter()
+        export_package(p, p.checkpoint_path, package)
+        console.print(f"exported {p.name} to {package} ({time.perf_counter() - t0:.1f} s)")
+    random_weights = p.checkpoint is None
+    if random_weights:
+        err_console.print(f"[yellow]warning[/yellow]: preset {p.name} has no checkpoint: the "
+                          "weights are seeded random, so the boxes are meaningless; the pictures "
+                          "show the 20 best-scoring ones")
+
+    pipeline = Pipeline(package, threads=threads)
     loader = NuScenesLoader(data, version="v1.0-mini", split="mini_val", preset=p)
-    t0 = time.perf_counter()
-    frame = loader[0]
-    load_ms = (time.perf_counter() - t0) * 1e3
-    lags = frame.points[:, 4] if frame.points.shape[1] > 4 else None
-    console.print(
-        f"frame {frame.token}: {frame.images.shape[0]} cameras {frame.images.shape[2]}×"
-        f"{frame.images.shape[1]}, {frame.points.shape[0]:,} points"
-        + (f" from {len(set(lags.round(3).tolist()))} sweeps" if lags is not None else "")
-        + f", {len(frame.gt) if frame.gt is not None else 0} GT boxes; loaded in {load_ms:.0f} ms")
+    timings, pictures = [], []
+    for i in range(min(frames, len(loader))):
+        frame = loader[i]
+        dets = pipeline.run(frame)
+        timings.append(pipeline.last_timings)
+        pictures += render_frame(frame, dets, out / "render", extent=view_extent(p),
+                                 score_threshold=0.0 if random_weights else 0.3,
+                                 max_boxes=20 if random_weights else 100)
+        console.print(f"frame {frame.token}: {frame.points.shape[0]:,} points, {len(dets)} boxes, "
+                      f"{pipeline.last_timings['total']:.0f} ms")
+    console.print("pictures:\n" + "\n".join(f"  {path}" for path in pictures))
+    warm = timings[1:] or timings
+    console.print(f"median ms per stage over {len(warm)} frame(s)"
+                  + (" after the first (JIT compilation, geometry)" if len(timings) > 1 else "")
+                  + ": " + " | ".join(f"{k} {statistics.median(t[k] for t in warm):.1f}"
+                                   for k in warm[0]))
 
 
 # ---------------------------------------------------------------------------------- model
@@ -156,64 +194,153 @@ def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name
 
 
 @command()
-def infer(data: Path = typer.Option(..., help="nuScenes-format dataset root."),
-          out: Path = typer.Option(..., help="Output directory (detections.json, results_nusc.json)."),
-          backend: str = typer.Option("torch", help="Inference backend: torch (the PyTorch reference)."),
-          preset: str = typer.Option("tiny", help="Preset name or YAML path."),
-          checkpoint: Optional[Path] = typer.Option(None, help="Weights; the preset's default "
-                                                    "checkpoint when omitted."),
+def infer(out: Path = typer.Option(..., help="Output directory (detections.json, "
+                                   "results_nusc.json, render/)."),
+          package: Optional[Path] = typer.Option(None, help="Deploy package: run the torch-free "
+                                                 "runtime (ONNX Runtime on the CPU)."),
+          data: Optional[Path] = typer.Option(None, help="nuScenes-format dataset root (dataset "
+                                              "mode)."),
           version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
-          split: str = typer.Option("mini_val", help="Split: train/val/test/mini_train/mini_val/all."),
-          limit: Optional[int] = typer.Option(None, help="Only the first N frames."),
-          fp16_points: bool = typer.Option(False, help="Round points through float16 first, as the "
-                                           "published numbers did."),
-          seed: int = typer.Option(0, help="Seed of the initial weights when no checkpoint exists.")
+          split: str = typer.Option("mini_val", help="Split: train/val/test/mini_train/mini_val/"
+                                    "all."),
+          pcd: Optional[Path] = typer.Option(None, help="One point cloud (single-frame mode): "
+                                             ".pcd, .pcd.bin (nuScenes), .bin (KITTI) or .npy."),
+          images: Optional[list[Path]] = typer.Option(None, help="The camera images in the "
+                                                      "preset's camera order: --images F1 ... FN."),
+          more_images: Optional[list[Path]] = typer.Argument(None, metavar="IMAGE",
+                                                             help="The images after the first "
+                                                             "one of --images.",
+                                                             show_default=False),
+          calib: Optional[Path] = typer.Option(None, help="Calibration YAML of the rig "
+                                               "(bevdeploy.data.calib_yaml)."),
+          backend: Optional[str] = typer.Option(None, help="onnxruntime (the default with "
+                                                "--package) or torch (the PyTorch reference, the "
+                                                "default without)."),
+          preset: str = typer.Option("tiny", help="Preset of the torch backend (a package carries "
+                                     "its own)."),
+          checkpoint: Optional[Path] = typer.Option(None, help="Weights of the torch backend; the "
+                                                    "preset's default checkpoint when omitted."),
+          limit: Optional[int] = typer.Option(None, min=1, help="Only the first N frames."),
+          threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: all "
+                                                "cores)."),
+          render: bool = typer.Option(False, help="Write a BEV and a camera PNG per frame to "
+                                      "OUT/render."),
+          render_threshold: float = typer.Option(0.3, help="Draw boxes scoring at least this."),
+          fp16_points: bool = typer.Option(False, help="torch backend: round points through "
+                                           "float16 first, as the published numbers did."),
+          seed: int = typer.Option(0, help="torch backend: seed of the initial weights when no "
+                                   "checkpoint exists.")
           ) -> None:
-    """Run detection on every frame of a split; write detections (our convention) and a nuScenes
-    submission (global frame), both atomically."""
+    """Detect objects in every frame of a dataset split (--data) or in one frame given as files
+    (--pcd, --images, --calib); write detections (bevdeploy convention) and, for a dataset, a
+    nuScenes submission (global frame), atomically."""
     import json
+    import statistics
 
     from rich.progress import track
 
-    from bevdeploy.data.nuscenes import NuScenesLoader, detections_to_nuscenes, write_submission
-    from bevdeploy.data.readers import atomic_write
+    from bevdeploy.data.frame import Detections, Frame
     from bevdeploy.errors import ConfigError
-    from bevdeploy.presets import get_preset
+    from bevdeploy.io import atomic_write
+    from bevdeploy.viz import render_frame, view_extent
 
-    if backend != "torch":
-        raise ConfigError(f"unknown backend {backend!r}; available: torch", field="--backend")
-    import torch
+    camera_files = [*(images or []), *(more_images or [])]
+    if more_images and not images:
+        raise ConfigError(f"unexpected argument(s) {[str(f) for f in more_images]}; camera images "
+                          "follow --images", field="--images")
+    single = pcd is not None or bool(camera_files) or calib is not None
+    if (data is None) == (not single):
+        raise ConfigError("give either --data (a dataset) or --pcd, --images and --calib (one "
+                          "frame)", field="--data")
+    if single and (pcd is None or not camera_files or calib is None):
+        raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
+                          field="--pcd")
+    backend = backend or ("onnxruntime" if package is not None else "torch")
 
-    from bevdeploy.model.bevfusion import BEVFusion
-    from bevdeploy.model.checkpoint import load_checkpoint
+    if package is not None:
+        if backend == "torch":
+            raise ConfigError("--package runs the deploy runtime; drop it to use the torch "
+                              "backend", field="--backend")
+        from bevdeploy.runtime import Pipeline
 
-    p = get_preset(preset)
-    torch.manual_seed(seed)
-    model = BEVFusion(p).eval()
-    weights = checkpoint or (Path(p.checkpoint) if p.checkpoint else None)
-    if weights is None:
-        err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: the "
-                          f"weights are randomly initialised (seed {seed}); boxes are meaningless")
+        pipeline = Pipeline(package, backend=backend, threads=threads)
+        p = pipeline.preset
+
+        def predict(frame: Frame) -> tuple[Detections, dict[str, float]]:
+            dets = pipeline.run(frame)
+            return dets, pipeline.last_timings
     else:
-        console.print(load_checkpoint(model, weights, strict=True).table())
-    loader = NuScenesLoader(data, version=version, split=split, preset=p)
-    n = len(loader) if limit is None else min(limit, len(loader))
-    detections, submission, times = {}, {}, []
+        if backend != "torch":
+            raise ConfigError(f"backend {backend!r} runs a deploy package: give --package "
+                              "(export one with `bevdeploy export`)", field="--backend")
+        import torch
+
+        from bevdeploy.model.bevfusion import BEVFusion
+        from bevdeploy.model.checkpoint import load_checkpoint
+        from bevdeploy.presets import get_preset
+
+        p = get_preset(preset)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        model = BEVFusion(p).eval()
+        weights = checkpoint or p.checkpoint_path
+        if weights is None:
+            err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: the "
+                              f"weights are randomly initialised (seed {seed}); boxes are "
+                              "meaningless")
+        else:
+            console.print(load_checkpoint(model, weights, strict=True).table())
+
+        def predict(frame: Frame) -> tuple[Detections, dict[str, float]]:
+            t0 = time.perf_counter()
+            dets = model.predict(frame, fp16_points=fp16_points)
+            return dets, {"total": (time.perf_counter() - t0) * 1e3}
+
+    if single:
+        from bevdeploy.data.calib_yaml import read_calibration
+        from bevdeploy.data.readers import read_images, read_points
+        from bevdeploy.errors import InputError
+
+        names = p.cameras.names
+        if len(camera_files) != len(names):
+            raise InputError(f"{len(camera_files)} images given but the preset has "
+                             f"{len(names)} cameras {list(names)}", field="--images")
+        frames = [Frame(images=read_images(camera_files, names, p.cameras.raw_size),
+                        points=read_points(pcd, p.points.num_features),
+                        calib=read_calibration(calib, names),
+                        token=pcd.name.split(".")[0], source=str(pcd))]
+    else:
+        from bevdeploy.data.nuscenes import (NuScenesLoader, detections_to_nuscenes,
+                                             write_submission)
+
+        frames = NuScenesLoader(data, version=version, split=split, preset=p)
+    n = len(frames) if limit is None else min(limit, len(frames))
+
+    detections, submission, timings = {}, {}, []
     for i in track(range(n), description=f"{backend} inference", console=err_console):
-        frame = loader[i]
-        t0 = time.perf_counter()
-        dets = model.predict(frame, fp16_points=fp16_points)
-        times.append(time.perf_counter() - t0)
+        frame = frames[i]
+        dets, frame_timings = predict(frame)
+        timings.append(frame_timings)
         detections[frame.token] = dets.to_dict()
-        submission[frame.token] = detections_to_nuscenes(dets, frame.calib, frame.token)
+        if not single:
+            submission[frame.token] = detections_to_nuscenes(dets, frame.calib, frame.token)
+        if render:
+            render_frame(frame, dets, out / "render", score_threshold=render_threshold,
+                         extent=view_extent(p))
     atomic_write(out / "detections.json", json.dumps(
-        {"preset": p.name, "backend": backend, "frames": detections}).encode())
-    write_submission(out / "results_nusc.json", submission)
-    if times:
-        times.sort()
-        console.print(f"{n} frames; median {times[len(times) // 2] * 1e3:.0f} ms per frame "
-                      f"(preprocessing + forward + decode); wrote {out}/detections.json and "
-                      f"{out}/results_nusc.json")
+        {"preset": p.name, "backend": backend,
+         "package": None if package is None else str(package), "frames": detections}).encode())
+    written = [out / "detections.json"]
+    if not single:
+        written.append(write_submission(out / "results_nusc.json", submission))
+    if render:
+        written.append(out / "render")
+    if timings:
+        stages = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
+        console.print(f"{n} frame(s); median ms: "
+                      + " | ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    console.print("wrote " + ", ".join(str(w) for w in written))
 
 
 # ---------------------------------------------------------------------------------- package
@@ -231,7 +358,7 @@ def export(out: Path = typer.Option(..., help="Package directory to write (atomi
     from bevdeploy.presets import get_preset
 
     p = get_preset(preset)
-    weights = checkpoint or (Path(p.checkpoint) if p.checkpoint else None)
+    weights = checkpoint or p.checkpoint_path
     if weights is None:
         err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: exporting "
                           "seeded random weights (fine for shapes and speed, not for boxes)")

@@ -1,0 +1,109 @@
+"""The one interface every inference backend implements, and the input check they share.
+
+A ``Runner`` executes one dense module of a deploy package (``camera.backbone``,
+``camera.vtransform``, ``fuser``, ``head.bbox``) from named numpy inputs to named numpy
+outputs. ONNX Runtime is the CPU backend today; TensorRT and PyTorch-CUDA runners will sit
+beside it behind the same protocol, so the pipeline never knows which one it drives.
+
+Inputs are checked against the *manifest's* specs before the backend sees them: a wrong shape
+is then an ``InputError`` naming the module and the input, instead of a backend-specific
+message about an anonymous node deep inside the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from bevdeploy.errors import InputError
+from bevdeploy.package import ModuleEntry, TensorSpec
+
+OptimizationLevel = Literal["disable", "basic", "extended", "all"]
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Backend-independent session settings.
+
+    ``threads`` is the intra-op thread count (``None``: the backend's default, usually every
+    core); ``optimization`` the graph optimisation level, from none to all fusions.
+    """
+
+    threads: int | None = None
+    optimization: OptimizationLevel = "all"
+
+
+class Runner(Protocol):
+    """One loaded module: named inputs in, named outputs out, timed."""
+
+    name: str  # the module's manifest name, e.g. "camera.backbone"
+
+    @classmethod
+    def load(cls, path: Path, entry: ModuleEntry, options: RunnerOptions) -> "Runner":
+        """Load the module file ``path`` described by the manifest ``entry``."""
+        ...
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The manifest's input specs, in graph order."""
+        ...
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The manifest's output specs, in graph order."""
+        ...
+
+    @property
+    def last_time_s(self) -> float:
+        """Wall time of the last ``run`` inside the backend (input checks excluded), seconds."""
+        ...
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute the module; ``feeds`` must match ``inputs`` exactly (``check_feeds``)."""
+        ...
+
+
+def check_feeds(module: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, np.ndarray],
+                *, source: str | Path) -> dict[str, np.ndarray]:
+    """Check ``feeds`` against ``specs`` and return them C-contiguous, in spec order.
+
+    Every input must be present, no other may be, each must have the spec's dtype (no silent
+    casts: a float64 tensor usually means an upstream bug) and shape. A symbolic dimension
+    (``"voxels"``) matches any size, but the same symbol must have one size across inputs.
+    Errors are ``InputError`` with ``path=source`` and ``field="<module>.<input>"``.
+    """
+    unexpected = sorted(set(feeds) - {s.name for s in specs})
+    if unexpected:
+        raise InputError(f"unexpected input(s) {unexpected}; {module} takes "
+                         f"{[s.name for s in specs]}", path=source, field=f"{module}.inputs")
+    symbols: dict[str, tuple[int, str]] = {}
+    checked: dict[str, np.ndarray] = {}
+    for spec in specs:
+        fld = f"{module}.{spec.name}"
+        if spec.name not in feeds:
+            raise InputError("missing input", path=source, field=fld)
+        array = np.asarray(feeds[spec.name])
+        if array.dtype != np.dtype(spec.dtype):
+            raise InputError(f"expected dtype {spec.dtype}, got {array.dtype}", path=source,
+                             field=fld)
+        fixed_differ = any(isinstance(want, int) and want != got
+                           for want, got in zip(spec.shape, array.shape))
+        if array.ndim != len(spec.shape) or fixed_differ:
+            raise InputError(f"expected shape {_shape_text(spec.shape)}, got {array.shape}",
+                             path=source, field=fld)
+        for want, got in zip(spec.shape, array.shape):
+            if isinstance(want, str):
+                first = symbols.setdefault(want, (got, spec.name))
+                if first[0] != got:
+                    raise InputError(f"dimension {want!r} is {got} here but {first[0]} in input "
+                                     f"{first[1]!r}", path=source, field=fld)
+        checked[spec.name] = np.ascontiguousarray(array)
+    return checked
+
+
+def _shape_text(shape: tuple[int | str, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -1,0 +1,59 @@
+"""Stage ``decode``: the head's per-query outputs → ``Detections`` in the bevdeploy convention.
+
+``head.bbox`` already ends with the per-class scores (sigmoid × heatmap score × one-hot), so
+decoding is arithmetic (spec/model.md §5.3, spec/deploy.md §6): label = argmax, centre from the
+BEV cell, sizes ``exp(dim)``, ``z = height − h/2``, yaw from (sin, cos), the post-centre range
+filter and the score threshold; the reference's legacy box dialect is converted once. There is
+no NMS, as in the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from bevdeploy.data.frame import Detections
+from bevdeploy.package import DeployPackage, runtime_parameters
+from bevdeploy.runtime import kernels
+
+HEAD_OUTPUTS = ("score", "rot", "dim", "reg", "height", "vel")
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeParams:
+    """The manifest's ``decode`` block and the class names."""
+
+    class_names: tuple[str, ...]
+    out_size_factor: int
+    voxel_size: np.ndarray  # (2,) float32
+    pc_range_min: np.ndarray  # (2,) float32
+    post_center_range: np.ndarray  # (6,) float32
+    score_threshold: float
+
+    @classmethod
+    def from_package(cls, pkg: DeployPackage) -> "DecodeParams":
+        d = runtime_parameters(pkg.preset)["decode"]
+        return cls(class_names=tuple(pkg.preset.classes), out_size_factor=d["out_size_factor"],
+                   voxel_size=np.asarray(d["voxel_size"], dtype=np.float32),
+                   pc_range_min=np.asarray(d["pc_range"], dtype=np.float32),
+                   post_center_range=np.asarray(d["post_center_range"], dtype=np.float32),
+                   score_threshold=float(d["score_threshold"]))
+
+
+class DecodeStage:
+    """``run(head outputs {score (1,K,P), rot, dim, reg, height, vel}) → Detections``."""
+
+    name = "decode"
+
+    def __init__(self, params: DecodeParams) -> None:
+        self.params = params
+
+    def run(self, outputs: Mapping[str, np.ndarray]) -> Detections:
+        p = self.params
+        score, rot, dim, reg, height, vel = (outputs[k][0] for k in HEAD_OUTPUTS)
+        boxes, scores, labels = kernels.decode(score, rot, dim, reg, height, vel,
+                                               p.out_size_factor, p.voxel_size, p.pc_range_min,
+                                               p.post_center_range, p.score_threshold)
+        return Detections(boxes, scores, labels, p.class_names)

@@ -1,0 +1,46 @@
+"""Stage ``scn``: voxels → the LiDAR BEV map, through the sparse-conv executor.
+
+The SCN file ``lidar.backbone.xyz.onnx`` is a container of custom sparse-conv nodes that no
+ONNX backend runs (spec/deploy.md §3.2); ``ScnExecutor`` reads it and executes it with rulebooks
+and gather-GEMM-scatter, the role libspconv plays for CUDA-BEVFusion. The output
+``(1, C·Z, X, Y)`` is the fuser's ``lidar`` input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bevdeploy.package import DeployPackage
+from bevdeploy.runtime.scn_executor import ScnExecutor
+from bevdeploy.scn_format import read_scn
+
+MODULE = "lidar.backbone"
+
+
+@dataclass(frozen=True)
+class ScnParams:
+    """Where the SCN file is and the dense shape it produces."""
+
+    path: Path
+    output_shape: tuple[int, int, int, int]  # (1, C·Z, X, Y)
+
+    @classmethod
+    def from_package(cls, pkg: DeployPackage) -> "ScnParams":
+        output = pkg.module(MODULE).outputs[0]
+        return cls(path=pkg.path(MODULE), output_shape=tuple(int(d) for d in output.shape))
+
+
+class ScnStage:
+    """``run(feats (M, F), coords (M, 3) int32 xyz) → (1, C·Z, X, Y) float32``."""
+
+    name = "scn"
+
+    def __init__(self, params: ScnParams, *, threads: int | None = None) -> None:
+        self.params = params
+        self.executor = ScnExecutor(read_scn(params.path), threads=threads)
+
+    def run(self, feats: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        return self.executor.run(feats, coords)
