@@ -376,6 +376,55 @@ def inspect_package(package: Path = typer.Argument(..., help="Deploy package dir
     print_package(package, console=console)
 
 
+# ---------------------------------------------------------------------------------- bench
+
+
+@command(name="bench-kernels")
+def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset whose shapes "
+                                             "are timed."),
+                  points: int = typer.Option(350_000, help="Points fed to voxelize/depth."),
+                  voxels: int = typer.Option(120_000, help="Voxels fed to the SCN executor."),
+                  scn: bool = typer.Option(True, help="Also time the SCN executor against "
+                                           "spconv's CPU path on the same voxels (needs torch)."),
+                  repeats: int = typer.Option(10, min=3, help="Timed runs after warm-up."),
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the "
+                                                          "rows as JSON.")) -> None:
+    """Each CPU kernel's median time after warm-up next to its floor on this machine (bytes
+    over the measured copy bandwidth, or MACs over the measured float32 GEMM rate)."""
+    import dataclasses
+    import json
+
+    from bevdeploy.io import atomic_write
+    from bevdeploy.presets import get_preset
+    from bevdeploy.runtime.kernels.bench import kernel_benchmarks
+
+    p = get_preset(preset)
+    rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
+    table = Table(title=f"CPU kernels, {p.name} shapes (median of {repeats} after warm-up)")
+    for col in ("kernel", "work", "median ms", "p90 ms", "floor ms", "× floor", "floor basis"):
+        table.add_column(col, justify="right" if "ms" in col or "×" in col else "left")
+    for r in rows:
+        table.add_row(r.kernel, r.work, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}",
+                      f"{r.floor_ms:.1f}", f"{r.ratio:.1f}", r.floor_basis)
+    result: dict = {"kernels": [dataclasses.asdict(r) for r in rows]}
+    if scn:
+        from bevdeploy.runtime.kernels.cpu.bench_scn import scn_benchmark
+
+        s = scn_benchmark(p.name, voxels, repeats=repeats)
+        result["scn"] = s
+        table.add_row("scn (ours)", f"{s['num_voxels']:,} voxels, {s['conv_macs'] / 1e9:.1f} GMAC",
+                      f"{s['ours_median_s'] * 1e3:.0f}", "", f"{s['floor_s'] * 1e3:.0f}",
+                      f"{s['ours_median_s'] / s['floor_s']:.1f}",
+                      f"MACs at {s['gemm_macs_per_s'] / 1e9:.0f} GMAC/s")
+        table.add_row("scn (spconv, 1 thread)", "same voxels",
+                      f"{s['spconv_1_thread_median_s'] * 1e3:.0f}", "", "", "",
+                      f"ours is {s['speedup_median']:.2f}× faster (wall), "
+                      f"{s['speedup_1_thread_cpu_median']:.2f}× per core; cosine {s['cosine']:.6f}")
+    console.print(table)
+    if json_out is not None:
+        atomic_write(json_out, json.dumps(result, indent=1).encode())
+
+
 # ---------------------------------------------------------------------------------- presets
 
 
