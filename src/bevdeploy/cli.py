@@ -376,6 +376,50 @@ def inspect_package(package: Path = typer.Argument(..., help="Deploy package dir
     print_package(package, console=console)
 
 
+# ---------------------------------------------------------------------------------- evidence
+
+
+@command(name="compare")
+def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check."),
+                data: Path = typer.Option(..., help="nuScenes-format dataset root."),
+                checkpoint: Optional[Path] = typer.Option(None, help="The checkpoint the package "
+                                                          "was exported from (its SHA-256 is "
+                                                          "checked); omit for random weights."),
+                version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+                split: str = typer.Option("mini_val", help="Split whose frames are compared."),
+                frames: int = typer.Option(2, min=1, help="Number of frames."),
+                precision: Optional[str] = typer.Option(None, help="Force one tolerance set "
+                                                        "(fp32/fp16/int8) for every stage; by "
+                                                        "default each stage uses its modules' "
+                                                        "precision from the manifest."),
+                save: Optional[Path] = typer.Option(None, help="Write every compared tensor "
+                                                    "pair (one .npz per frame) here."),
+                json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the "
+                                                        "report as JSON."),
+                threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads.")
+                ) -> None:
+    """Reference vs deployed package, stage by stage and box by box (max-abs, mean-abs,
+    cosine, NaN/Inf) against per-precision tolerances; exits 1 when any stage fails."""
+    from bevdeploy.data.nuscenes import NuScenesLoader
+    from bevdeploy.eval.compare import Tolerances, compare
+    from bevdeploy.io import atomic_write
+    from bevdeploy.package import load_package
+
+    pkg = load_package(package)
+    loader = NuScenesLoader(data, version=version, split=split, preset=pkg.preset)
+    chosen = (loader[i] for i in range(min(frames, len(loader))))
+    tolerances = Tolerances.for_precision(precision) if precision else None
+    report = compare(package, checkpoint, chosen, tolerances=tolerances, save=save,
+                     threads=threads)
+    console.print(report.table())
+    if json_out is not None:
+        atomic_write(json_out, report.to_json().encode())
+    if not report.passed:
+        err_console.print(f"[red]FAILED[/red] stages: {', '.join(report.failed_stages)}")
+        raise typer.Exit(1)
+    console.print("[green]PASSED[/green]: every stage within tolerance")
+
+
 # ---------------------------------------------------------------------------------- bench
 
 
