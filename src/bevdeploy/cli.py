@@ -379,6 +379,97 @@ def inspect_package(package: Path = typer.Argument(..., help="Deploy package dir
 # ---------------------------------------------------------------------------------- evidence
 
 
+@command()
+def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g. from synth)."),
+          out: Path = typer.Option(..., help="Run directory: checkpoint.pth, train_log.jsonl, "
+                                   "train_config.json."),
+          preset: str = typer.Option("tiny", help="Preset name or YAML path."),
+          minutes: Optional[float] = typer.Option(None, help="Wall-clock budget (the schedule is "
+                                                  "stretched over it)."),
+          epochs: Optional[int] = typer.Option(None, help="Epochs instead of a time budget."),
+          seed: int = typer.Option(0, help="Seed of the initial weights, order and augmentation."),
+          version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+          split: str = typer.Option("mini_train", help="Training split.")) -> None:
+    """Train a preset with the TransFusion losses (heatmap focal, Hungarian-matched focal
+    classification and L1 boxes) on the CPU."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.train.trainer import train as run_training
+
+    if minutes is None and epochs is None:
+        raise ConfigError("give --minutes or --epochs", field="--minutes")
+    t0 = time.perf_counter()
+    ckpt = run_training(preset, data, out, epochs=epochs, minutes=minutes, seed=seed,
+                        version=version, split=split)
+    console.print(f"trained in {(time.perf_counter() - t0) / 60:.1f} min; checkpoint {ckpt}")
+
+
+@command(name="eval")
+def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."),
+             out: Path = typer.Option(..., help="Output directory: results_nusc.json, "
+                                      "metrics.json."),
+             package: Optional[Path] = typer.Option(None, help="Deploy package (backend "
+                                                    "onnxruntime)."),
+             backend: Optional[str] = typer.Option(None, help="onnxruntime (the default with "
+                                                   "--package) or torch (the reference)."),
+             preset: str = typer.Option("tiny", help="Preset of the torch backend."),
+             checkpoint: Optional[Path] = typer.Option(None, help="Weights of the torch backend; "
+                                                       "the preset's default when omitted."),
+             version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+             split: str = typer.Option("mini_val", help="Split to evaluate."),
+             limit: Optional[int] = typer.Option(None, min=1, help="Only the first N frames "
+                                                 "(scored on those samples only)."),
+             threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads.")
+             ) -> None:
+    """mAP, NDS, TP errors and per-class AP through nuscenes-devkit's DetectionEval, for the
+    reference or a deployed package, on real nuScenes or the synthetic world."""
+    from rich.progress import track
+
+    from bevdeploy.data.nuscenes import NuScenesLoader
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.eval.nuscenes_eval import evaluate
+
+    chosen = backend or ("onnxruntime" if package is not None else "torch")
+    if chosen == "onnxruntime":
+        if package is None:
+            raise ConfigError("the onnxruntime backend runs a deploy package: give --package",
+                              field="--package")
+        from bevdeploy.runtime import Pipeline
+
+        runner = Pipeline(package, threads=threads)
+        p = runner.package.preset
+        predict = runner.run
+    elif chosen == "torch":
+        import torch
+
+        from bevdeploy.model.bevfusion import BEVFusion
+        from bevdeploy.model.checkpoint import load_checkpoint
+        from bevdeploy.presets import get_preset
+
+        p = get_preset(preset)
+        weights = checkpoint or p.checkpoint_path
+        if weights is None:
+            raise ConfigError(f"preset {p.name} has no default checkpoint: give --checkpoint",
+                              field="--checkpoint")
+        torch.manual_seed(0)
+        model = BEVFusion(p).eval()
+        load_checkpoint(model, weights)
+        predict = model.predict
+    else:
+        raise ConfigError(f"unknown backend {chosen!r}; available: onnxruntime, torch",
+                          field="--backend")
+    loader = NuScenesLoader(data, version=version, split=split, preset=p)
+    n = len(loader) if limit is None else min(limit, len(loader))
+
+    def detections():
+        for i in track(range(n), description=f"{chosen} on {split}", console=err_console):
+            frame = loader[i]
+            yield frame, predict(frame)
+
+    result = evaluate(detections(), data, out, version=version, split=split)
+    console.print(result.table())
+    console.print(f"wrote {out}/results_nusc.json and {out}/metrics.json")
+
+
 @command(name="compare")
 def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check."),
                 data: Path = typer.Option(..., help="nuScenes-format dataset root."),
