@@ -55,3 +55,13 @@ def _assert_frames_equal(a: Frame, b: Frame) -> None:
 @pytest.fixture()
 def assert_frames_equal() -> Callable[[Frame, Frame], None]:
     return _assert_frames_equal
+
+
+@pytest.fixture(scope="session")
+def fresh_val_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-density world the shipped weights never saw (seed 123, not the training seed):
+    2 scenes × 8 key frames, so mini_val holds 8 samples."""
+    from bevdeploy.data.synthetic import write_world
+
+    return write_world(tmp_path_factory.mktemp("fresh") / "nuscenes", scenes=2, samples=8,
+                       seed=123)

@@ -606,6 +606,7 @@ def _tiny() -> Preset:
     """
     return Preset(
         name="tiny",
+        checkpoint="weights/tiny.pth",  # trained on the synthetic world: assets/weights/tiny.json
         cameras=CameraConfig(image_size=(128, 256), resize=0.16),
         points=PointsConfig(point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), sweeps=3,
                             max_points=200_000),
