@@ -135,7 +135,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
         data = out / "world"
         if not (data / "v1.0-mini").exists():
             t0 = time.perf_counter()
-            write_world(data, scenes=2, samples=4, seed=0, density=0.5)
+            write_world(data, scenes=2, samples=4, seed=0, density=1.0)  # as trained
             console.print(f"generated a synthetic world in {data} "
                           f"({time.perf_counter() - t0:.1f} s)")
     _print_summary(data)
