@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from rich.console import Console
 from scipy.spatial.distance import cosine as cosine_distance
+
+from support import calibrate_batchnorm, copy_with_fuser_weight
 
 from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.data.nuscenes import NuScenesLoader
@@ -51,25 +51,13 @@ def frames(synthetic_world: Path) -> list[Frame]:
     return [loader[0], loader[1]]
 
 
-def _calibrate_batchnorm(model: BEVFusion, frame: Frame) -> None:
-    """Set every BatchNorm's running statistics to those of ``frame`` (see the docstring)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    with torch.no_grad():
-        model(collate([frame], model.preset))
-    model.eval()
-
-
 @pytest.fixture(scope="module")
 def exported(frames: list[Frame], tmp_path_factory: pytest.TempPathFactory
              ) -> tuple[BEVFusion, Path, Path]:
     """(model, checkpoint, package): the package is exported from exactly this checkpoint."""
     torch.manual_seed(0)
     model = BEVFusion(TINY)
-    _calibrate_batchnorm(model, frames[0])
+    calibrate_batchnorm(model, frames[0])
     root = tmp_path_factory.mktemp("compare")
     checkpoint = save_checkpoint(model, root / "calibrated.pth")
     return model, checkpoint, export_package(TINY, checkpoint, root / "package")
@@ -91,25 +79,6 @@ def _table_text(report: CompareReport) -> str:
     console = Console(record=True, width=240)
     console.print(report.table())
     return console.export_text()
-
-
-def _copy_with_fuser_weight(package: Path, out: Path, value: float | None) -> Path:
-    """A copy of ``package`` whose fuser's first convolution has one weight changed (to ``value``,
-    or to ten times the tensor's largest magnitude when None), re-hashed into the manifest so
-    that it loads."""
-    shutil.copytree(package, out)
-    path = out / "fuser.onnx"
-    model = onnx.load(str(path))
-    inits = {init.name: init for init in model.graph.initializer}
-    conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    weight = numpy_helper.to_array(inits[conv.input[1]]).copy()
-    weight.flat[0] = 10.0 * np.abs(weight).max() if value is None else value
-    inits[conv.input[1]].CopyFrom(numpy_helper.from_array(weight, conv.input[1]))
-    onnx.save(model, str(path))
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
-    manifest["modules"]["fuser"].update(sha256=sha256_file(path), size=path.stat().st_size)
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    return out
 
 
 def _with_precisions(package: Path, out: Path, precisions: dict[str, str]) -> Path:
@@ -211,7 +180,7 @@ def test_proposal_pairing_undoes_a_reordering_of_the_head_outputs(report: Compar
 def test_a_changed_fuser_weight_fails_the_fuser_and_the_boxes_only(exported, frames, tmp_path,
                                                                    value):
     _, checkpoint, package = exported
-    broken = _copy_with_fuser_weight(package, tmp_path / "broken", value)
+    broken = copy_with_fuser_weight(package, tmp_path / "broken", value)
     result = compare(broken, checkpoint, frames[:1])
     assert not result.passed  # the CLI exits 1
     assert result.failed_stages == ["fuser", BOXES.name]

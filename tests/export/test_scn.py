@@ -20,6 +20,8 @@ import torch
 from onnx import TensorProto, helper
 from spconv.pytorch.conv import SparseConvolution
 
+from support import randomize_bn
+
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.export.scn import export_scn
 from bevdeploy.model.lidar import build_sparse_encoder
@@ -32,23 +34,11 @@ from bevdeploy.scn_format import (
 TINY = get_preset("tiny")
 
 
-def _randomize_bn(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics, so that folding changes every weight and bias."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-            module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=gen) * 0.2)
-
-
 @pytest.fixture(scope="module")
 def tiny_encoder() -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_sparse_encoder(TINY)
-    _randomize_bn(model, seed=1)
+    randomize_bn(model, seed=1)
     return model.eval()
 
 

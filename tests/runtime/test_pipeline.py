@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from support import calibrate_batchnorm
+
 from bevdeploy.cli import app
 from bevdeploy.data.calib_yaml import write_calibration
 from bevdeploy.data.frame import Detections, Frame
@@ -57,25 +59,13 @@ def frames(synthetic_world):
     return [loader[0], loader[1]]
 
 
-def _calibrate_batchnorm(model: BEVFusion, frame: Frame) -> None:
-    """Set every BatchNorm's running statistics to those of ``frame`` (see the docstring)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    with torch.no_grad():
-        model(collate([frame], model.preset))
-    model.eval()
-
-
 @pytest.fixture(scope="module")
 def reference(frames, tmp_path_factory):
     """(model, package path): the package is exported from exactly this model's state."""
     preset = get_preset("tiny")
     torch.manual_seed(0)
     model = BEVFusion(preset)
-    _calibrate_batchnorm(model, frames[0])
+    calibrate_batchnorm(model, frames[0])
     root = tmp_path_factory.mktemp("pipeline")
     checkpoint = save_checkpoint(model, root / "calibrated.pth")
     return model, export_package(preset, checkpoint, root / "package")

@@ -22,6 +22,8 @@ import pytest
 import spconv.pytorch as spconv
 import torch
 
+from support import randomize_bn
+
 from bevdeploy.errors import ConfigError, InputError
 from bevdeploy.export.scn import encoder_to_scn, export_scn
 from bevdeploy.model.inputs import filter_points
@@ -87,18 +89,6 @@ def brute_force_pairs(coords: np.ndarray, in_shape, kernel, stride, padding, dil
 def rulebook_pairs(neighbours: np.ndarray) -> dict[tuple[int, int], int]:
     ks, os_ = np.nonzero(neighbours >= 0)
     return {(int(k), int(o)): int(neighbours[k, o]) for k, o in zip(ks, os_)}
-
-
-def randomize_bn(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics, so that folding changes every weight and bias."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-            module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=gen) * 0.2)
 
 
 @pytest.fixture(scope="module")
