@@ -235,7 +235,7 @@ class NuScenesLoader(RecordFrames):
         self.dataroot = Path(dataroot)
         self.version = version
         self.split = split
-        self.nusc = _open_devkit(self.dataroot, version)
+        self.nusc = open_devkit(self.dataroot, version)
         self._tokens = self._split_tokens(split)
 
     @property
@@ -319,7 +319,7 @@ class NuScenesLoader(RecordFrames):
             tokens=np.array(tokens, dtype=str).reshape(-1))
 
 
-def _open_devkit(dataroot: Path, version: str) -> NuScenes:
+def open_devkit(dataroot: Path, version: str) -> NuScenes:
     """``NuScenes(version, dataroot)`` with the devkit's asserts and KeyErrors turned into a
     ``DatasetError`` that says which directory or table is wrong."""
     if not dataroot.is_dir():

@@ -42,7 +42,7 @@ from rich.table import Table
 from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.data.nuscenes import (
     EVAL_CONFIG,
-    _open_devkit,
+    open_devkit,
     detections_to_nuscenes,
     write_submission,
 )
@@ -181,7 +181,7 @@ def evaluate_submission(submission: str | Path, dataroot: str | Path, *,
     is restricted to them.
     """
     path = Path(submission)
-    nusc = _open_devkit(Path(dataroot), version)
+    nusc = open_devkit(Path(dataroot), version)
     config = config_factory(EVAL_CONFIG)
     results = _read_predictions(path, config.max_boxes_per_sample)
     split_tokens = split_sample_tokens(nusc, split, dataroot)

@@ -61,6 +61,19 @@ class TransFusionBBoxCoder:
         ], dim=1)
         return targets.to(device)
 
+    def legacy_boxes(self, rot: Tensor, dim: Tensor, center: Tensor, height: Tensor,
+                     vel: Tensor) -> Tensor:
+        """(B, P, 9) boxes of **every** proposal, unfiltered, in the reference's legacy dialect
+        ``[x, y, z, w, l, h, θ_mm, vx, vy]`` (the Hungarian matcher needs all P in order;
+        ``decode`` filters and converts)."""
+        x = center[:, 0] * self.cell_size[0] + self.pc_min[0]
+        y = center[:, 1] * self.cell_size[1] + self.pc_min[1]
+        size = dim.exp()
+        z = height[:, 0] - size[:, 2] / 2
+        theta = torch.atan2(rot[:, 0], rot[:, 1])
+        return torch.stack([x, y, z, size[:, 0], size[:, 1], size[:, 2], theta,
+                            vel[:, 0], vel[:, 1]], dim=-1)
+
     def decode(self, scores: Tensor, rot: Tensor, dim: Tensor, center: Tensor, height: Tensor,
                vel: Tensor) -> list[Detections]:
         """Head outputs (each (B, n, P)) → one ``Detections`` per batch item.
@@ -71,13 +84,7 @@ class TransFusionBBoxCoder:
         (0 means no threshold, as the reference's falsy 0.0). There is no NMS.
         """
         best, labels = scores.max(dim=1)
-        x = center[:, 0] * self.cell_size[0] + self.pc_min[0]
-        y = center[:, 1] * self.cell_size[1] + self.pc_min[1]
-        size = dim.exp()
-        z = height[:, 0] - size[:, 2] / 2
-        theta = torch.atan2(rot[:, 0], rot[:, 1])
-        legacy = torch.stack([x, y, z, size[:, 0], size[:, 1], size[:, 2], theta,
-                              vel[:, 0], vel[:, 1]], dim=-1)  # (B, P, 9)
+        legacy = self.legacy_boxes(rot, dim, center, height, vel)
         lo = legacy.new_tensor(self.post_center_range[:3])
         hi = legacy.new_tensor(self.post_center_range[3:])
         keep = ((legacy[..., :3] >= lo) & (legacy[..., :3] <= hi)).all(dim=-1)

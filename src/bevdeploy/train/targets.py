@@ -207,18 +207,10 @@ def decode_proposals(outputs: dict[str, Tensor], index: int,
     """(P, 9) bevdeploy boxes of **every** proposal of batch item ``index``, unfiltered (the
     assigner must see all P proposals in order; ``TransFusionBBoxCoder.decode`` drops those
     outside ``post_center_range``)."""
-    center = outputs["center"][index].detach().double()
-    size = outputs["dim"][index].detach().double().exp()
-    rot = outputs["rot"][index].detach().double()
-    legacy = torch.stack([
-        center[0] * coder.cell_size[0] + coder.pc_min[0],
-        center[1] * coder.cell_size[1] + coder.pc_min[1],
-        outputs["height"][index, 0].detach().double() - size[2] / 2,
-        size[0], size[1], size[2],
-        torch.atan2(rot[0], rot[1]),
-        *outputs["vel"][index].detach().double(),
-    ], dim=-1)
-    return from_mmdet3d_legacy(legacy.cpu().numpy(), z_is_bottom=False)
+    sl = slice(index, index + 1)
+    legacy = coder.legacy_boxes(*(outputs[k][sl].detach().double()
+                                  for k in ("rot", "dim", "center", "height", "vel")))
+    return from_mmdet3d_legacy(legacy[0].cpu().numpy(), z_is_bottom=False)
 
 
 @dataclass
