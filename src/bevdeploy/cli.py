@@ -9,6 +9,7 @@ on a machine without PyTorch.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 import warnings
@@ -68,6 +69,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
     # spconv 2.3.8 indexes with a list inside dense(); the warning is its own, not the user's.
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional "
                             "indexing is deprecated", category=UserWarning)
+    # ...and torch.fx warns once per process when spconv asks whether it is being traced.
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------------------------- data
@@ -290,7 +293,9 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                               f"weights are randomly initialised (seed {seed}); boxes are "
                               "meaningless")
         else:
-            console.print(load_checkpoint(model, weights, strict=True).table())
+            report = load_checkpoint(model, weights, strict=True)
+            console.print(report.summary() if report.ok and not report.notes else report.table(),
+                          soft_wrap=True)
 
         def predict(frame: Frame) -> tuple[Detections, dict[str, float]]:
             t0 = time.perf_counter()

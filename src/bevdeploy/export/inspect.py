@@ -67,14 +67,14 @@ def package_tables(pkg: DeployPackage) -> list[Table]:
                 io.add_row(entry.name, direction, spec.name, _shape(spec.shape), spec.dtype)
 
     census = Table(title="op census (nodes per op type)")
-    census.add_column("op")
+    census.add_column("op", no_wrap=True)
     names = list(m.modules)
     for name in names:
         census.add_column(name, justify="right")
     ops = sorted({op for e in m.modules.values() for op in e.ops},
                  key=lambda op: (-sum(e.ops.get(op, 0) for e in m.modules.values()), op))
-    for op in ops:
-        census.add_row(op, *(str(m.modules[n].ops.get(op, "")) for n in names))
+    for op in ops:  # custom ops are "domain::Type": keep the domain's last part ("spconv::")
+        census.add_row(op.rsplit(".", 1)[-1] if "::" in op else op, *(str(m.modules[n].ops.get(op, "")) for n in names))
     return [summary, modules, io, census]
 
 

@@ -285,6 +285,12 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.shape_mismatch
                     or self.value_mismatch or self.ambiguous)
 
+    def summary(self) -> str:
+        """One line: the counts and whether the load is clean."""
+        return (f"checkpoint {self.path} ({self.source_format}): {self.loaded} loaded, "
+                f"{self.renamed} renamed, {len(self.converted)} sparse weights converted from "
+                f"spconv-1.x; " + ("OK" if self.ok else "PROBLEMS"))
+
     def table(self, max_rows: int = 25) -> Table:
         """A rich table: one row per problem key (``max_rows`` per kind), summary as caption."""
         table = Table(title=f"checkpoint {self.path} ({self.source_format})",
