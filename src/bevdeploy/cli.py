@@ -196,6 +196,59 @@ def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name
     console.print(model_info_table(count(p, probe_frame(p, seed=seed)), title=f"{p.name} model info"))
 
 
+def _detector(backend: str, package: Path | None, preset: str, checkpoint: Path | None, *,
+              threads: int | None, random_ok: bool, seed: int = 0, fp16_points: bool = False
+              ) -> tuple[Any, Callable[..., Any]]:
+    """The preset and a ``frame → (Detections, stage timings in ms)`` function for a backend:
+    the deploy runtime on ``package`` (onnxruntime) or the PyTorch reference (torch), shared by
+    ``infer`` and ``eval``. ``random_ok`` lets the reference run seeded random weights (with a
+    warning) when neither ``checkpoint`` nor the preset names any."""
+    from bevdeploy.errors import ConfigError
+
+    if package is not None:
+        if backend == "torch":
+            raise ConfigError("--package runs the deploy runtime; drop it to use the torch "
+                              "backend", field="--backend")
+        from bevdeploy.runtime import Pipeline
+
+        pipeline = Pipeline(package, backend=backend, threads=threads)
+
+        def run_package(frame: Any) -> tuple[Any, dict[str, float]]:
+            return pipeline.run(frame), pipeline.last_timings
+        return pipeline.preset, run_package
+    if backend != "torch":
+        raise ConfigError(f"backend {backend!r} runs a deploy package: give --package "
+                          "(export one with `bevdeploy export`)", field="--backend")
+    import torch
+
+    from bevdeploy.model.bevfusion import BEVFusion
+    from bevdeploy.model.checkpoint import load_checkpoint
+    from bevdeploy.presets import get_preset
+
+    p = get_preset(preset)
+    weights = checkpoint or p.checkpoint_path
+    if weights is None and not random_ok:
+        raise ConfigError(f"preset {p.name} has no default checkpoint: give --checkpoint",
+                          field="--checkpoint")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = BEVFusion(p).eval()
+    if weights is None:
+        err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: the "
+                          f"weights are randomly initialised (seed {seed}); boxes are meaningless")
+    else:
+        report = load_checkpoint(model, weights, strict=True)
+        console.print(report.summary() if report.ok and not report.notes else report.table(),
+                      soft_wrap=True)
+
+    def run_model(frame: Any) -> tuple[Any, dict[str, float]]:
+        t0 = time.perf_counter()
+        dets = model.predict(frame, fp16_points=fp16_points)
+        return dets, {"total": (time.perf_counter() - t0) * 1e3}
+    return p, run_model
+
+
 @command()
 def infer(out: Path = typer.Option(..., help="Output directory (detections.json, "
                                    "results_nusc.json, render/)."),
@@ -242,7 +295,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
 
     from rich.progress import track
 
-    from bevdeploy.data.frame import Detections, Frame
+    from bevdeploy.data.frame import Frame
     from bevdeploy.errors import ConfigError
     from bevdeploy.io import atomic_write
     from bevdeploy.viz import render_frame, view_extent
@@ -259,48 +312,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
                           field="--pcd")
     backend = backend or ("onnxruntime" if package is not None else "torch")
-
-    if package is not None:
-        if backend == "torch":
-            raise ConfigError("--package runs the deploy runtime; drop it to use the torch "
-                              "backend", field="--backend")
-        from bevdeploy.runtime import Pipeline
-
-        pipeline = Pipeline(package, backend=backend, threads=threads)
-        p = pipeline.preset
-
-        def predict(frame: Frame) -> tuple[Detections, dict[str, float]]:
-            dets = pipeline.run(frame)
-            return dets, pipeline.last_timings
-    else:
-        if backend != "torch":
-            raise ConfigError(f"backend {backend!r} runs a deploy package: give --package "
-                              "(export one with `bevdeploy export`)", field="--backend")
-        import torch
-
-        from bevdeploy.model.bevfusion import BEVFusion
-        from bevdeploy.model.checkpoint import load_checkpoint
-        from bevdeploy.presets import get_preset
-
-        p = get_preset(preset)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        torch.manual_seed(seed)
-        model = BEVFusion(p).eval()
-        weights = checkpoint or p.checkpoint_path
-        if weights is None:
-            err_console.print(f"[yellow]warning[/yellow]: no checkpoint for preset {p.name}: the "
-                              f"weights are randomly initialised (seed {seed}); boxes are "
-                              "meaningless")
-        else:
-            report = load_checkpoint(model, weights, strict=True)
-            console.print(report.summary() if report.ok and not report.notes else report.table(),
-                          soft_wrap=True)
-
-        def predict(frame: Frame) -> tuple[Detections, dict[str, float]]:
-            t0 = time.perf_counter()
-            dets = model.predict(frame, fp16_points=fp16_points)
-            return dets, {"total": (time.perf_counter() - t0) * 1e3}
+    p, predict = _detector(backend, package, preset, checkpoint, threads=threads, seed=seed,
+                           fp16_points=fp16_points, random_ok=True)
 
     if single:
         from bevdeploy.data.calib_yaml import read_calibration
@@ -430,45 +443,17 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
     from rich.progress import track
 
     from bevdeploy.data.nuscenes import NuScenesLoader
-    from bevdeploy.errors import ConfigError
     from bevdeploy.eval.nuscenes_eval import evaluate
 
     chosen = backend or ("onnxruntime" if package is not None else "torch")
-    if chosen == "onnxruntime":
-        if package is None:
-            raise ConfigError("the onnxruntime backend runs a deploy package: give --package",
-                              field="--package")
-        from bevdeploy.runtime import Pipeline
-
-        runner = Pipeline(package, threads=threads)
-        p = runner.package.preset
-        predict = runner.run
-    elif chosen == "torch":
-        import torch
-
-        from bevdeploy.model.bevfusion import BEVFusion
-        from bevdeploy.model.checkpoint import load_checkpoint
-        from bevdeploy.presets import get_preset
-
-        p = get_preset(preset)
-        weights = checkpoint or p.checkpoint_path
-        if weights is None:
-            raise ConfigError(f"preset {p.name} has no default checkpoint: give --checkpoint",
-                              field="--checkpoint")
-        torch.manual_seed(0)
-        model = BEVFusion(p).eval()
-        load_checkpoint(model, weights)
-        predict = model.predict
-    else:
-        raise ConfigError(f"unknown backend {chosen!r}; available: onnxruntime, torch",
-                          field="--backend")
+    p, predict = _detector(chosen, package, preset, checkpoint, threads=threads, random_ok=False)
     loader = NuScenesLoader(data, version=version, split=split, preset=p)
     n = len(loader) if limit is None else min(limit, len(loader))
 
     def detections():
         for i in track(range(n), description=f"{chosen} on {split}", console=err_console):
             frame = loader[i]
-            yield frame, predict(frame)
+            yield frame, predict(frame)[0]
 
     result = evaluate(detections(), data, out, version=version, split=split)
     console.print(result.table())
