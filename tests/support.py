@@ -31,6 +31,17 @@ def randomize_bn(model: torch.nn.Module, seed: int) -> None:
             module.bias.data.copy_(torch.randn(n, generator=gen) * 0.2)
 
 
+def tiny_sparse_encoder() -> torch.nn.Module:
+    """The tiny preset's sparse encoder, seeded, with non-trivial BN statistics, in eval mode."""
+    from bevdeploy.model.lidar import build_sparse_encoder
+    from bevdeploy.presets import get_preset
+
+    torch.manual_seed(0)
+    model = build_sparse_encoder(get_preset("tiny"))
+    randomize_bn(model, seed=1)
+    return model.eval()
+
+
 def calibrate_batchnorm(model: BEVFusion, frame: Frame) -> None:
     """Set every BatchNorm's running statistics to those of ``frame``.
 

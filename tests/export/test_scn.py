@@ -20,7 +20,7 @@ import torch
 from onnx import TensorProto, helper
 from spconv.pytorch.conv import SparseConvolution
 
-from support import randomize_bn
+from support import tiny_sparse_encoder
 
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.export.scn import export_scn
@@ -36,10 +36,7 @@ TINY = get_preset("tiny")
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_sparse_encoder(TINY)
-    randomize_bn(model, seed=1)
-    return model.eval()
+    return tiny_sparse_encoder()
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ import pytest
 import spconv.pytorch as spconv
 import torch
 
-from support import randomize_bn
+from support import tiny_sparse_encoder
 
 from bevdeploy.errors import ConfigError, InputError
 from bevdeploy.export.scn import encoder_to_scn, export_scn
 from bevdeploy.model.inputs import filter_points
-from bevdeploy.model.lidar import build_sparse_encoder, build_voxelizer
+from bevdeploy.model.lidar import build_voxelizer
 from bevdeploy.package import TensorSpec
 from bevdeploy.presets import get_preset
 from bevdeploy.runtime.kernels.cpu.sparse_conv import (
@@ -93,10 +93,7 @@ def rulebook_pairs(neighbours: np.ndarray) -> dict[tuple[int, int], int]:
 
 @pytest.fixture(scope="module")
 def tiny_encoder() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_sparse_encoder(TINY)
-    randomize_bn(model, seed=1)
-    return model.eval()
+    return tiny_sparse_encoder()
 
 
 @pytest.fixture(scope="module")
