@@ -1,0 +1,284 @@
+"""``optimize_package``: a deploy package → a new package with simplified, FP16 or INT8 modules.
+
+The source package is only read. The new one is assembled in a staging directory next to
+``out`` (the unchanged files copied, the optimized modules written, the manifest last, then the
+whole staged package loaded back and hash-checked) and renamed into place only when complete;
+any failure, including the NaN/Inf guard refusing a module, removes the staging directory and
+leaves ``out`` as it was.
+
+Which pass touches which module:
+
+==================  ==========  ===================  ======================================
+module              --simplify  --fp16               --int8
+==================  ==========  ===================  ======================================
+camera.backbone     yes         FP16 (if no --int8)  INT8 QDQ
+camera.vtransform   yes         FP16                 kept (FP32, or FP16 with --fp16)
+fuser               yes         FP16 (if no --int8)  INT8 QDQ
+head.bbox           yes         FP16, LN/Softmax/    kept (FP32, or FP16 with --fp16)
+                                TopK/Sigmoid FP32
+lidar.backbone      no          no                   no: bevdeploy's sparse-conv executor
+                                                     runs FP32 (INT8 SCN is libspconv's)
+==================  ==========  ===================  ======================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+from rich.table import Table
+
+from bevdeploy.errors import ConfigError, PackageError
+from bevdeploy.export.onnx_utils import model_opset, op_census
+from bevdeploy.io import replace_dir, staging_dir
+from bevdeploy.optimize.calibrate import CalibrationSet, calibration_set
+from bevdeploy.optimize.fp16 import FP32_OPS, fp32_nodes, to_fp16
+from bevdeploy.optimize.graph import QDQ_OPS, GraphStats, check_io_kept, int8_layers
+from bevdeploy.optimize.guard import check_finite
+from bevdeploy.optimize.int8 import (
+    INT8_MODULES, Int8Options, calibrate, check_patterns_used, excluded_nodes, quantize,
+)
+from bevdeploy.optimize.sensitivity import (
+    Granularity, SensitivityReport, module_sensitivity, rank,
+)
+from bevdeploy.optimize.simplify import simplify as slim
+from bevdeploy.package import MANIFEST_NAME, DeployPackage, load_package, sha256_file
+from bevdeploy.runtime.pipeline import DENSE_MODULES
+
+SENSITIVITY_FILE = "sensitivity.json"
+TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "onnxslim")
+SCN_NOTE = ("kept FP32: run by bevdeploy's sparse-conv executor on the CPU; INT8 sparse "
+            "convolution is a GPU-side (libspconv) feature")
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    """Where calibration frames come from (a nuScenes-format dataset split)."""
+
+    data: Path
+    frames: int = 8
+    version: str = "v1.0-mini"
+    split: str = "mini_train"
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    simplify: bool = False
+    fp16: bool = False
+    int8: Int8Options | None = None
+    calib: CalibrationSource | None = None
+    sensitivity: Granularity | None = None
+    threads: int | None = None
+
+    def check(self) -> None:
+        if not (self.simplify or self.fp16 or self.int8):
+            raise ConfigError("nothing to do: give --simplify, --fp16 and/or --int8",
+                              field="passes")
+        if self.int8 is not None and self.calib is None:
+            raise ConfigError("INT8 needs calibration frames: give --calib DIR", field="calib")
+        if self.sensitivity is not None and self.int8 is None:
+            raise ConfigError("the sensitivity report ranks INT8 layers: give --int8",
+                              field="sensitivity")
+
+
+@dataclass(frozen=True)
+class ModuleChange:
+    """What happened to one module."""
+
+    module: str
+    passes: tuple[str, ...]
+    precision_before: str
+    precision_after: str
+    before: GraphStats
+    after: GraphStats
+    qdq_nodes: int
+    quantized_layers: int
+    float_layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    root: Path
+    changes: tuple[ModuleChange, ...]
+    sensitivity: SensitivityReport | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> Table:
+        table = Table(title=f"optimized package {self.root}")
+        for col, justify in (("module", "left"), ("passes", "left"), ("precision", "left"),
+                             ("nodes", "right"), ("size", "right"), ("Q/DQ nodes", "right"),
+                             ("INT8 layers", "right"), ("kept float", "left")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for c in self.changes:
+            table.add_row(c.module, " + ".join(c.passes) or "-",
+                          f"{c.precision_before} → {c.precision_after}",
+                          f"{c.before.nodes} → {c.after.nodes}",
+                          f"{_mib(c.before.bytes)} → {_mib(c.after.bytes)}",
+                          str(c.qdq_nodes), str(c.quantized_layers),
+                          ", ".join(c.float_layers) or "-")
+        table.add_row("lidar.backbone", "-", "fp32", "", "", "", "", SCN_NOTE)
+        return table
+
+
+def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions
+                     ) -> OptimizeResult:
+    """Write the optimized copy of package ``src`` to ``out`` (atomically; ``src`` untouched)."""
+    options.check()
+    pkg = load_package(src)
+    out = Path(out)
+    _check_out(pkg.root, out)
+    if options.int8 is not None:  # a mistyped --exclude fails before minutes of calibration
+        check_patterns_used(options.int8.excludes, {
+            m: [n.name for n in onnx.load(str(pkg.path(m)), load_external_data=False).graph.node]
+            for m in INT8_MODULES})
+    calib = None
+    if options.calib is not None:
+        c = options.calib
+        calib = calibration_set(pkg, c.data, DENSE_MODULES, frames=c.frames, version=c.version,
+                                split=c.split, threads=options.threads)
+    staging = staging_dir(out)
+    try:
+        result = _build(pkg, staging, options, calib)
+        _check_out(pkg.root, out)  # again: it may have changed while we worked
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dataclasses.replace(result, root=out)
+
+
+def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
+           calib: CalibrationSet | None) -> OptimizeResult:
+    modules = dict(pkg.manifest.modules)
+    for entry in modules.values():
+        shutil.copy2(pkg.root / entry.file, staging / entry.file)
+    int8 = options.int8
+    quantized = [m for m in INT8_MODULES if int8 is not None]
+    sources = {name: onnx.load(str(pkg.path(name))) for name in DENSE_MODULES}
+    if options.simplify:
+        sources = {name: _kept_io(name, model, slim(model), "simplify", pkg)
+                   for name, model in sources.items()}
+    excluded: dict[str, list[str]] = {}
+    if int8 is not None:
+        excluded = {m: excluded_nodes(sources[m], m, int8.excludes) for m in quantized}
+        check_patterns_used(int8.excludes, {m: [n.name for n in sources[m].graph.node]
+                                            for m in quantized})
+    ranges = {m: calibrate(sources[m], calib.feeds[m], int8)
+              for m in quantized} if int8 is not None and calib is not None else {}
+
+    changes = []
+    for name in DENSE_MODULES:
+        entry = modules[name]
+        before = onnx.load(str(pkg.path(name)))
+        model, passes, precision = sources[name], [], entry.precision
+        if options.simplify:
+            passes.append("simplify")
+        float_layers: tuple[str, ...] = ()
+        if name in ranges:
+            model = _kept_io(name, model, quantize(model, ranges[name], int8,
+                                                   exclude=excluded[name]), "int8", pkg)
+            passes.append("int8")
+            precision, float_layers = "int8", tuple(excluded[name])
+        elif options.fp16:
+            model = _kept_io(name, model, to_fp16(model), "fp16", pkg)
+            passes.append("fp16")
+            precision, float_layers = "fp16", tuple(fp32_nodes(model, FP32_OPS))
+        if not passes:
+            continue
+        path = staging / entry.file
+        if calib is not None:
+            check_finite(model, calib.feeds[name], module=name, path=path)
+        onnx.save(model, str(path))
+        modules[name] = dataclasses.replace(
+            entry, sha256=sha256_file(path), size=path.stat().st_size, precision=precision,
+            opset=model_opset(model), ops=op_census(model))
+        changes.append(ModuleChange(
+            name, tuple(passes), entry.precision, precision, GraphStats.of(before),
+            GraphStats.of(model), sum(n.op_type in QDQ_OPS for n in model.graph.node),
+            len(int8_layers(model)), float_layers))
+
+    report = None
+    if options.sensitivity is not None and int8 is not None and calib is not None:
+        full, groups = {}, []
+        for m in quantized:
+            full[m], found = module_sensitivity(m, sources[m], ranges[m], calib.feeds[m], int8,
+                                                granularity=options.sensitivity,
+                                                exclude=excluded[m])
+            groups.extend(found)
+        report = rank(options.sensitivity, calib.frames, full, groups)
+        (staging / SENSITIVITY_FILE).write_text(report.to_json(), encoding="utf-8")
+
+    record = _record(pkg, options, calib, changes, excluded, report)
+    manifest = dataclasses.replace(pkg.manifest, modules=modules, optimization=record)
+    (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    load_package(staging)  # every hash and the manifest schema, before it becomes visible
+    return OptimizeResult(staging, tuple(changes), report, record)
+
+
+def _kept_io(name: str, before: onnx.ModelProto, after: onnx.ModelProto, step: str,
+             pkg: DeployPackage) -> onnx.ModelProto:
+    check_io_kept(before, after, module=name, step=step, path=pkg.path(name))
+    return after
+
+
+def _record(pkg: DeployPackage, options: OptimizeOptions, calib: CalibrationSet | None,
+            changes: list[ModuleChange], excluded: dict[str, list[str]],
+            report: SensitivityReport | None) -> dict[str, Any]:
+    """The manifest's ``optimization`` block: enough to reproduce and to audit the package."""
+    passes = [p for p, on in (("simplify", options.simplify), ("int8", options.int8 is not None),
+                              ("fp16", options.fp16)) if on]
+    tools = {}
+    for dist in TOOLS:
+        try:
+            tools[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"package": str(pkg.root),
+                   "manifest_sha256": sha256_file(pkg.root / MANIFEST_NAME)},
+        "passes": passes,
+        "tools": tools,
+        "calibration": None if calib is None else calib.describe(),
+        "int8": None if options.int8 is None else {
+            **options.int8.describe(), "modules": list(INT8_MODULES),
+            "excluded_nodes": excluded},
+        "fp16": {"fp32_ops": list(FP32_OPS), "io": "float32 (keep_io_types)"}
+        if options.fp16 else None,
+        "modules": {c.module: {
+            "passes": list(c.passes), "precision_before": c.precision_before,
+            "nodes_before": c.before.nodes, "nodes_after": c.after.nodes,
+            "bytes_before": c.before.bytes, "bytes_after": c.after.bytes,
+            "qdq_nodes": c.qdq_nodes, "int8_layers": c.quantized_layers,
+            "float_layers": list(c.float_layers),
+            "io_dtypes": {s.name: s.dtype for s in (*pkg.module(c.module).inputs,
+                                                    *pkg.module(c.module).outputs)},
+        } for c in changes},
+        "unchanged": {"lidar.backbone": SCN_NOTE},
+        "sensitivity": None if report is None else SENSITIVITY_FILE,
+    }
+
+
+def _check_out(src: Path, out: Path) -> None:
+    """Refuse to write over the source or over anything that is not an empty directory or a
+    previous package (a mistyped ``--out`` must not delete a user's directory)."""
+    if out.resolve() == src.resolve():
+        raise ConfigError("is the source package; write the optimized package elsewhere",
+                          path=out, field="out")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PackageError("exists and is not a directory; choose another output path", path=out)
+    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise PackageError(f"is a non-empty directory without {MANIFEST_NAME} (not a previous "
+                           f"package); refusing to replace it", path=out)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 ** 2:.2f} MiB"
