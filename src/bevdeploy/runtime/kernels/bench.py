@@ -124,11 +124,51 @@ def _bicubic_resize_macs(preset: Preset) -> int:
     return cams.num_cameras * 3 * (h0 * rw * taps_x + rh * rw * taps_y)
 
 
+@dataclass(frozen=True)
+class BenchInputs:
+    """Synthetic inputs of every kernel at a preset's shapes (see the module docstring)."""
+
+    points: np.ndarray  # (P, F) float32
+    images: np.ndarray  # (N, H0, W0, 3) uint8
+    camera2lidar: np.ndarray  # (N, 4, 4) float32, ``ring_calibration``
+    intrinsics: np.ndarray  # (N, 3, 3) float32
+    img_aug: np.ndarray  # (N, 4, 4)
+    lidar2image: np.ndarray  # (N, 4, 4)
+    depth_weights: np.ndarray  # (N, D, h, w) float32
+    feats: np.ndarray  # (N, h, w, C) float32
+    head: dict[str, np.ndarray]  # score (K, P), rot, dim, reg, height, vel: float32
+
+
+def bench_inputs(preset: Preset, num_points: int, seed: int = 0) -> BenchInputs:
+    """The inputs ``kernel_benchmarks`` times (shared with the CUDA kernels' benchmark)."""
+    rng = np.random.default_rng(seed)
+    cams, vt, head = preset.cameras, preset.model.vtransform, preset.model.head
+    n, (fh, fw) = cams.num_cameras, preset.feature_size
+    f = preset.points.num_features
+    r = np.asarray(preset.points.point_cloud_range, dtype=np.float32)
+    points = np.empty((num_points, f), dtype=np.float32)
+    points[:, :3] = rng.uniform(r[:3], r[3:], size=(num_points, 3))
+    points[:, 3:] = rng.uniform(0, 1, size=(num_points, f - 3))
+    images = rng.integers(0, 256, size=(n, *cams.raw_size, 3), dtype=np.uint8)
+    camera2lidar, intrinsics = ring_calibration(preset)
+    depth_weights = rng.random((n, vt.depth_bins, fh, fw), dtype=np.float32)
+    feats = rng.standard_normal((n, fh, fw, vt.out_channels), dtype=np.float32)
+    k, p = preset.num_classes, head.num_proposals
+    outputs = {name: rng.standard_normal((rows, p), dtype=np.float32)
+               for name, rows in (("rot", 2), ("dim", 3), ("reg", 2), ("height", 1), ("vel", 2))}
+    outputs["reg"] = rng.uniform(0, preset.bev_size[0], size=(2, p)).astype(np.float32)
+    outputs["score"] = rng.random((k, p), dtype=np.float32)
+    return BenchInputs(
+        points=points, images=images, camera2lidar=camera2lidar, intrinsics=intrinsics,
+        img_aug=preprocess.img_aug_matrices(cams),
+        lidar2image=preprocess.lidar2image(Calibration(cams.names, intrinsics, camera2lidar)),
+        depth_weights=depth_weights, feats=feats, head=outputs)
+
+
 def kernel_benchmarks(preset: Preset, *, num_points: int = 350_000, warmup: int = 2,
                       repeats: int = 10, seed: int = 0) -> list[KernelTiming]:
     """Time every kernel on ``preset``'s shapes (``num_points`` LiDAR points) in this
     process's numba thread setting; one ``KernelTiming`` per kernel, in pipeline order."""
-    rng = np.random.default_rng(seed)
     rates = measure_rates()
     cams, vt, head = preset.cameras, preset.model.vtransform, preset.model.head
     n, (h, w), (fh, fw) = cams.num_cameras, cams.image_size, preset.feature_size
@@ -136,21 +176,13 @@ def kernel_benchmarks(preset: Preset, *, num_points: int = 350_000, warmup: int 
     nx, ny, nz = vt.bev_size
     f = preset.points.num_features
     r = np.asarray(preset.points.point_cloud_range, dtype=np.float32)
-
-    points = np.empty((num_points, f), dtype=np.float32)
-    points[:, :3] = rng.uniform(r[:3], r[3:], size=(num_points, 3))
-    points[:, 3:] = rng.uniform(0, 1, size=(num_points, f - 3))
-    images = rng.integers(0, 256, size=(n, *cams.raw_size, 3), dtype=np.uint8)
-    camera2lidar, intrinsics = ring_calibration(preset)
-    img_aug = preprocess.img_aug_matrices(cams)
-    lidar2image = preprocess.lidar2image(Calibration(cams.names, intrinsics, camera2lidar))
-    depth_weights = rng.random((n, d, fh, fw), dtype=np.float32)
-    feats = rng.standard_normal((n, fh, fw, c), dtype=np.float32)
+    inputs = bench_inputs(preset, num_points, seed)
+    points, images, img_aug = inputs.points, inputs.images, inputs.img_aug
+    camera2lidar, intrinsics, lidar2image = (inputs.camera2lidar, inputs.intrinsics,
+                                             inputs.lidar2image)
+    depth_weights, feats, outputs = inputs.depth_weights, inputs.feats, inputs.head
     k, p = preset.num_classes, head.num_proposals
-    outputs = {name: rng.standard_normal((rows, p), dtype=np.float32)
-               for name, rows in (("rot", 2), ("dim", 3), ("reg", 2), ("height", 1), ("vel", 2))}
-    outputs["reg"] = rng.uniform(0, preset.bev_size[0], size=(2, p)).astype(np.float32)
-    score = rng.random((k, p), dtype=np.float32)
+    score = outputs["score"]
 
     def geometry() -> kernels.BevPoolPlan:
         return kernels.geometry(camera2lidar, intrinsics, img_aug, np.eye(4, dtype=np.float32),
