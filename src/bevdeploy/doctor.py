@@ -1,7 +1,9 @@
 """`bevdeploy doctor`: what is installed and what can run here, each with a one-line reason.
 
 Versions come from package metadata so that asking does not import heavy packages; only the
-CUDA and TensorRT probes import what they must to give an honest answer.
+CUDA, Triton and TensorRT probes import what they must to give an honest answer. The last rows
+say, per inference backend (``--backend`` of infer / eval / bench), whether it can run here and,
+if not, what is missing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import importlib
 import importlib.metadata as md
 import platform
 from dataclasses import dataclass
+
+from bevdeploy.runtime.backends.gpu import cuda_unusable_reason
 
 PACKAGES: tuple[tuple[str, str], ...] = (
     ("numpy", "numpy"),
@@ -53,11 +57,21 @@ def cuda_check() -> Check:
         import torch
     except Exception as exc:  # a broken install is a reason, not a crash
         return Check("cuda", False, f"torch does not import: {exc}")
-    if not torch.cuda.is_available():
-        build = "CPU-only torch build" if torch.version.cuda is None else \
-            f"torch built for CUDA {torch.version.cuda} but no device/driver is visible"
-        return Check("cuda", False, build)
-    return Check("cuda", True, f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
+    reason = cuda_unusable_reason()
+    if reason is not None:
+        return Check("cuda", False, reason)
+    major, minor = torch.cuda.get_device_capability(0)
+    return Check("cuda", True, f"{torch.cuda.get_device_name(0)} (compute capability "
+                               f"{major}.{minor}, CUDA {torch.version.cuda})")
+
+
+def triton_check() -> Check:
+    """Triton compiles the CUDA kernels of the GPU runtime (``runtime/kernels/cuda``)."""
+    try:
+        triton = importlib.import_module("triton")
+    except Exception as exc:
+        return Check("triton", False, f"does not import ({type(exc).__name__}: {exc})")
+    return Check("triton", True, f"Triton {triton.__version__}")
 
 
 def tensorrt_check() -> Check:
@@ -76,5 +90,23 @@ def onnxruntime_providers() -> Check:
     return Check("onnxruntime providers", True, ", ".join(ort.get_available_providers()))
 
 
+def backend_checks(cuda: Check, tensorrt: Check) -> list[Check]:
+    """One row per ``--backend``: usable here, or the first missing piece."""
+    rows = [Check("backend onnxruntime", _version("onnxruntime") is not None,
+                  "CPU execution provider" if _version("onnxruntime") else "not installed")]
+    rows.append(Check("backend torch-cuda", cuda.ok, "ONNX → PyTorch modules on "
+                      f"{cuda.detail}" if cuda.ok else f"needs CUDA torch: {cuda.detail}"))
+    if not tensorrt.ok:
+        trt = Check("backend tensorrt", False, f"needs tensorrt: {tensorrt.detail}")
+    elif not cuda.ok:
+        trt = Check("backend tensorrt", False, f"needs CUDA torch for its buffers: {cuda.detail}")
+    else:
+        trt = Check("backend tensorrt", True, f"{tensorrt.detail}; engines from `bevdeploy "
+                    "build` run only on this GPU and TensorRT version")
+    return [*rows, trt]
+
+
 def run_checks() -> list[Check]:
-    return [*package_checks(), onnxruntime_providers(), cuda_check(), tensorrt_check()]
+    cuda, tensorrt = cuda_check(), tensorrt_check()
+    return [*package_checks(), onnxruntime_providers(), cuda, triton_check(), tensorrt,
+            *backend_checks(cuda, tensorrt)]

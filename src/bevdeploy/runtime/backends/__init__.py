@@ -1,7 +1,11 @@
 """Inference backends behind one ``Runner`` interface (``base.py``).
 
 ``create_runner`` is the single place that maps a backend name to its implementation; the
-pipeline asks it for one runner per dense module of the package.
+pipeline asks it for one runner per dense module of the package. ``onnxruntime`` runs the ONNX
+files on the CPU; ``torch-cuda`` converts them to PyTorch modules on a GPU; ``tensorrt`` runs
+the engines ``bevdeploy build`` added to the package. The GPU backends take ``GpuOptions``
+(a ``RunnerOptions`` with device, precision, channels-last and CUDA-graph switches) and import
+torch / TensorRT only when asked for, so the runtime stays importable without them.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from pathlib import Path
 from bevdeploy.errors import ConfigError
 from bevdeploy.package import ModuleEntry
 from bevdeploy.runtime.backends.base import Runner, RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.gpu import GpuOptions, import_torch
 
-BACKENDS: tuple[str, ...] = ("onnxruntime",)
+BACKENDS: tuple[str, ...] = ("onnxruntime", "torch-cuda", "tensorrt")
 
-__all__ = ["BACKENDS", "Runner", "RunnerOptions", "check_feeds", "create_runner"]
+__all__ = ["BACKENDS", "GpuOptions", "Runner", "RunnerOptions", "check_feeds", "create_runner"]
 
 
 def create_runner(backend: str, path: Path, entry: ModuleEntry, options: RunnerOptions) -> Runner:
@@ -23,5 +28,14 @@ def create_runner(backend: str, path: Path, entry: ModuleEntry, options: RunnerO
         from bevdeploy.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner.load(path, entry, options)
+    if backend == "torch-cuda":
+        import_torch(backend)  # a ConfigError saying how to get torch, not an ImportError
+        from bevdeploy.runtime.backends.torch_cuda import TorchCudaRunner
+
+        return TorchCudaRunner.load(path, entry, options)
+    if backend == "tensorrt":
+        from bevdeploy.runtime.backends.tensorrt import TensorRTRunner
+
+        return TensorRTRunner.load(path, entry, options)
     raise ConfigError(f"unknown backend {backend!r}; available: {list(BACKENDS)}",
                       field="backend")

@@ -31,10 +31,16 @@ class RunnerOptions:
 
     ``threads`` is the intra-op thread count (``None``: the backend's default, usually every
     core); ``optimization`` the graph optimisation level, from none to all fusions.
+    ``spinning`` lets a backend's idle worker threads busy-wait for the next job instead of
+    sleeping: it saves microseconds per job when one session owns the CPU, and costs whole
+    milliseconds when a pipeline's several sessions and kernels share a few cores (each
+    session's spinning workers steal the cores the next stage runs on), so it is off unless
+    asked for.
     """
 
     threads: int | None = None
     optimization: OptimizationLevel = "all"
+    spinning: bool = False
 
 
 class Runner(Protocol):
