@@ -1,13 +1,40 @@
-"""One error hierarchy for everything a user can get wrong.
+"""One error hierarchy for everything a user can get wrong, and the CLI's exit codes.
 
 Every message names the culprit (file and field) and what was expected, so that a fleet job
 that fails on frame 4,031 of a recording says which file to look at. The CLI prints these in
-one line and maps each class to its own exit code (see ``EXIT_CODES``).
+one line and maps each class to its own exit code; ``bevdeploy --debug`` shows the traceback.
+
+Exit codes of every ``bevdeploy`` command (also in the README and ``bevdeploy --help``):
+
+====  ==============================================================================
+code  meaning
+====  ==============================================================================
+0     success
+1     ``compare`` found a stage outside its tolerance (a verdict, not an error)
+2     ``ConfigError``: an option, preset or configuration file is invalid (also typer's
+      own usage errors: unknown option, missing argument)
+3     ``InputError``: sensor input (points, images, calibration) missing or malformed
+4     ``DatasetError``: a dataset directory or info file cannot be used
+5     ``UnsafeFileError``: a file would have made us execute code; refused, nothing ran
+6     ``PackageError``: a deploy package is missing, damaged or of an unreadable format
+7     ``CheckpointError``: a checkpoint cannot be loaded into the preset
+8     partial run: ``--on-error skip`` skipped at least one frame (outputs hold the rest
+      and list every failure)
+9     ``OutputError``: an output cannot be written (permissions, disk full, a file in the
+      way); the previous output, if any, is left intact
+70    internal error: an exception that is not a ``BevDeployError`` (a bug; ``--debug``
+      shows the traceback to report)
+130   interrupted (Ctrl-C / SIGINT); a multi-frame ``infer`` flushes what it finished
+====  ==============================================================================
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+PARTIAL_EXIT = 8
+INTERNAL_EXIT = 70  # sysexits.h EX_SOFTWARE
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 
 
 class BevDeployError(Exception):
@@ -62,8 +89,27 @@ class CheckpointError(BevDeployError):
     exit_code = 7
 
 
+class OutputError(BevDeployError):
+    """An output file or directory cannot be written (permissions, disk full, a file where a
+    directory is needed). Raised by ``bevdeploy.io``, which leaves the previous output intact."""
+
+    exit_code = 9
+
+
+def os_reason(exc: OSError) -> str:
+    """The human part of an ``OSError`` ("Permission denied"), without the repeated path."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+EXIT_CODE_HELP = (
+    "Exit codes: 0 success; 1 compare: a stage out of tolerance; 2 configuration or usage; "
+    "3 input (points, images, calibration); 4 dataset; 5 unsafe file refused; 6 package; "
+    f"7 checkpoint; {PARTIAL_EXIT} partial run (--on-error skip skipped frames); 9 output not "
+    f"writable; {INTERNAL_EXIT} internal error (a bug); {INTERRUPTED_EXIT} interrupted (Ctrl-C). "
+    "--debug shows the traceback.")
+
 EXIT_CODES: dict[type[BevDeployError], int] = {
     cls: cls.exit_code
     for cls in (BevDeployError, ConfigError, InputError, DatasetError, UnsafeFileError,
-                PackageError, CheckpointError)
+                PackageError, CheckpointError, OutputError)
 }

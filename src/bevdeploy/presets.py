@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 
 from bevdeploy.errors import ConfigError
+from bevdeploy.io import atomic_write
+from bevdeploy.safe_yaml import load_yaml_file
 
 NUSCENES_CLASSES: tuple[str, ...] = (
     "car", "truck", "construction_vehicle", "bus", "trailer",
@@ -479,7 +481,7 @@ class Preset:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write(path, text.encode())
         return text
 
     @classmethod
@@ -489,12 +491,7 @@ class Preset:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Preset":
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError("file not found", path=p) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", path=p) from None
+        data = load_yaml_file(p, ConfigError)
         if not isinstance(data, dict):
             raise ConfigError("expected a mapping at the top level", path=p)
         return cls.from_dict(data, source=str(p))

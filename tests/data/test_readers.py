@@ -20,7 +20,7 @@ from bevdeploy.data.calib_yaml import read_calibration, write_calibration
 from bevdeploy.data.frame import Calibration
 from bevdeploy.data.readers import (Sweep, read_image, read_images, read_multisweep,
                                     read_points, select_sweeps)
-from bevdeploy.errors import InputError
+from bevdeploy.errors import InputError, UnsafeFileError
 from bevdeploy.io import atomic_write
 
 
@@ -333,6 +333,8 @@ def test_bad_calibration_names_file_and_field(tmp_path: Path, edit, field: str, 
 
 def test_calibration_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path = tmp_path / "evil.yaml"
-    path.write_text("cameras: !!python/object/apply:os.system ['echo owned']\n")
-    with pytest.raises(InputError, match="not valid YAML"):
+    marker = tmp_path / "owned"
+    path.write_text(f"cameras: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UnsafeFileError, match="Python object") as err:
         read_calibration(path, ("CAM_A",))
+    assert err.value.path == str(path) and not marker.exists()

@@ -96,15 +96,8 @@ def test_batch_of_two_equals_two_single_frames(tiny, frames):
         assert torch.equal(both["query_labels"][i], single["query_labels"][0])
 
 
-def test_predict_tiny_under_a_second(tiny, frames):
-    frame = frames[0]
-    tiny.predict(frame)  # warm-up
-    timings = []
-    for _ in range(5):  # the best of five: other processes share these two cores
-        start = time.perf_counter()
-        dets = tiny.predict(frame)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 1.0, timings
+def test_predict_tiny_gives_valid_detections(tiny, frames):
+    dets = tiny.predict(frames[0])
     preset = tiny.preset
     assert isinstance(dets, Detections) and dets.class_names == preset.classes
     assert 0 < len(dets) <= preset.model.head.num_proposals
@@ -112,6 +105,17 @@ def test_predict_tiny_under_a_second(tiny, frames):
     assert ((dets.scores >= 0) & (dets.scores <= 1)).all()
     lo, hi = np.array(preset.model.head.post_center_range).reshape(2, 3)
     assert ((dets.boxes[:, :3] >= lo) & (dets.boxes[:, :3] <= hi)).all()
+
+
+@pytest.mark.slow  # a latency bound: meaningful only on a quiet machine (bench measures in CI's place)
+def test_predict_tiny_under_a_second(tiny, frames):
+    tiny.predict(frames[0])  # warm-up
+    timings = []
+    for _ in range(5):  # the best of five
+        start = time.perf_counter()
+        tiny.predict(frames[0])
+        timings.append(time.perf_counter() - start)
+    assert min(timings) < 1.0, timings
 
 
 def test_predict_restores_training_mode_and_statistics(frames):

@@ -301,13 +301,13 @@ def test_missing_keys_are_reported(tmp_path, source, target):
 
 @pytest.mark.parametrize("content, match", [
     (None, "file not found"),
-    (b"definitely not a checkpoint", "not a readable torch checkpoint|refused"),
+    (b"definitely not a checkpoint", "not a readable torch checkpoint"),
 ])
 def test_unreadable_files(tmp_path, content, match):
     path = tmp_path / "bad.pth"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises((CheckpointError, UnsafeFileError), match=match) as info:
+    with pytest.raises(CheckpointError, match=match) as info:
         read_checkpoint(path)
     assert info.value.path == str(path)
 

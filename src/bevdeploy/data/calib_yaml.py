@@ -29,6 +29,7 @@ import yaml
 from bevdeploy.data.frame import Calibration
 from bevdeploy.io import atomic_write
 from bevdeploy.errors import InputError
+from bevdeploy.safe_yaml import load_yaml_file
 
 _TOP_LEVEL = {"cameras", "lidar2ego", "ego2global"}
 _CAMERA_KEYS = {"intrinsics", "camera2lidar"}
@@ -37,14 +38,21 @@ _HEADER = ("# bevdeploy calibration: per camera the 3x3 intrinsics (raw-image pi
 
 
 def _matrix(value: Any, shape: tuple[int, int], path: Path, field: str) -> np.ndarray:
+    """A ``shape`` list of rows of numbers. The nesting is checked before numpy sees it, so a
+    YAML alias bomb (a few lines expanding to billions of elements) is refused, not expanded."""
+    rows, cols = shape
+    if not (isinstance(value, list) and len(value) == rows
+            and all(isinstance(r, list) and len(r) == cols for r in value)):
+        got = f"{len(value)} rows" if isinstance(value, list) else type(value).__name__
+        raise InputError(f"expected a {rows}x{cols} matrix (a list of {rows} rows of {cols}), "
+                         f"got {got}", path=path, field=field)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for r in value for x in r):
+        raise InputError(f"expected a {rows}x{cols} matrix of numbers, got {value!r}",
+                         path=path, field=field)
     try:
         m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"expected a {shape[0]}x{shape[1]} matrix of numbers, got {value!r}",
-                         path=path, field=field) from None
-    if m.shape != shape:
-        raise InputError(f"expected a {shape[0]}x{shape[1]} matrix, got shape {m.shape}",
-                         path=path, field=field)
+    except OverflowError:  # a YAML integer beyond float64
+        m = np.full(shape, np.inf)
     if not np.isfinite(m).all():
         raise InputError("contains NaN or Inf", path=path, field=field)
     return m
@@ -61,12 +69,7 @@ def read_calibration(path: str | Path, camera_names: tuple[str, ...] | list[str]
     p = Path(path)
     if not camera_names:
         raise ValueError("camera_names must name at least one camera")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise InputError("calibration file not found", path=p, field="file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"not valid YAML: {exc}", path=p, field="file") from None
+    doc = load_yaml_file(p, InputError, field="file")
     if not isinstance(doc, dict):
         raise InputError("expected a mapping with a 'cameras' section", path=p, field="<root>")
     unknown = sorted(set(doc) - _TOP_LEVEL)

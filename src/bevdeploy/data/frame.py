@@ -22,8 +22,14 @@ def _finite(a: np.ndarray, source: str, fld: str) -> None:
         raise InputError("contains NaN or Inf", path=source, field=fld)
 
 
-def _rigid(m: np.ndarray, source: str, fld: str, tol: float = 1e-3) -> None:
-    """A 4×4 rigid transform: finite, last row (0,0,0,1), orthonormal rotation with det +1."""
+# Max |R·Rᵀ − I| of an accepted rotation: float32 round trips (~1e-7) pass with a wide margin,
+# a scaled or sheared matrix (a calibration bug) does not.
+ROTATION_TOL = 1e-3
+
+
+def _rigid(m: np.ndarray, source: str, fld: str, tol: float = ROTATION_TOL) -> None:
+    """A 4×4 rigid transform: finite, last row (0,0,0,1), orthonormal rotation with det +1
+    (a reflection, det −1, is a mirrored axis in the calibration, not a pose)."""
     if m.shape != (4, 4):
         raise InputError(f"expected a 4x4 matrix, got shape {m.shape}", path=source, field=fld)
     _finite(m, source, fld)
@@ -68,6 +74,9 @@ class Calibration:
         return self.ego2global.astype(np.float64) @ self.lidar2ego.astype(np.float64)
 
     def validate(self, source: str = "<calibration>") -> "Calibration":
+        """Refuse calibration the geometry would silently turn into wrong boxes: non-finite
+        values, singular intrinsics or non-positive focal lengths, and transforms that are not
+        rigid (rotation off orthonormal by more than ``ROTATION_TOL``, or det −1)."""
         n = self.num_cameras
         if self.intrinsics.shape != (n, 3, 3):
             raise InputError(f"expected ({n}, 3, 3), got {self.intrinsics.shape}",
@@ -131,8 +140,13 @@ class Frame:
         if self.images.dtype != np.uint8:
             raise InputError(f"expected uint8 images, got {self.images.dtype}", path=src,
                              field="images")
+        if self.images.shape[1] == 0 or self.images.shape[2] == 0:
+            raise InputError(f"empty images {self.images.shape}", path=src, field="images")
         if self.points.ndim != 2 or (num_features and self.points.shape[1] != num_features):
             raise InputError(f"expected (P, {num_features or 'F'}) points, got {self.points.shape}",
+                             path=src, field="points")
+        if not np.issubdtype(self.points.dtype, np.floating):
+            raise InputError(f"expected floating-point points, got {self.points.dtype}",
                              path=src, field="points")
         _finite(self.points, src, "points")
         self.calib.validate(src)

@@ -2,7 +2,8 @@
 
 Every reader turns a bad file into an ``InputError`` that names the file and the field at fault
 (a fleet job failing on frame 4,031 must say which file to look at), never a numpy or PIL
-traceback. Multi-sweep aggregation lives here because it is LiDAR reading with a rule set
+traceback (an unreadable file — no permission, a directory, a truncated JPEG — included).
+Multi-sweep aggregation lives here because it is LiDAR reading with a rule set
 (spec/model.md §1.3), shared by the nuScenes loader and the info-file loader, and usable with any
 rig that can give each previous sweep's pose relative to the key sweep.
 """
@@ -10,7 +11,10 @@ rig that can give each previous sweep's pose relative to the key sweep.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pypcd4 import PointCloud
 
-from bevdeploy.errors import InputError
+from bevdeploy.errors import InputError, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,19 @@ SweepPolicy = Literal["nearest", "random"]
 NUSCENES_COLUMNS = 5  # nuScenes .pcd.bin: x, y, z, intensity, ring index
 KITTI_COLUMNS = 4  # KITTI .bin: x, y, z, reflectance
 _PCD_TIME_FIELDS = ("time_lag", "time")  # seconds relative to the key sweep
+# No LiDAR sees 10 km: a coordinate beyond this is a wrong unit (mm), a wrong record layout
+# (float64 read as float32) or a sensor glitch, and is treated like a NaN row.
+MAX_ABS_COORD_M = 1e4
+
+
+@contextmanager
+def _reading(path: Path, field: str) -> Iterator[None]:
+    """Turn an operating-system failure while reading ``path`` into an ``InputError``."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {os_reason(exc)}", path=path,
+                         field=field) from None
 
 
 # ----------------------------------------------------------------------------------- points
@@ -47,24 +64,28 @@ def read_points(path: str | Path, num_features: int | None = None, *, columns: i
       float ``time_lag`` or ``time`` field (seconds relative to the key sweep) as column 5;
     * ``.npy`` — a plain numeric array, loaded with ``allow_pickle=False``.
 
-    ``nonfinite`` is the NaN/Inf policy: ``"drop"`` removes such rows and logs how many,
-    ``"error"`` raises. With ``num_features=5`` a 4-column file gets a zero time-lag column (a
-    single sweep has no lag); any other width mismatch is an error.
+    ``nonfinite`` is the policy for invalid rows — a NaN or Inf in any column, or a coordinate
+    beyond ``MAX_ABS_COORD_M``: ``"drop"`` removes them and logs how many, ``"error"`` raises.
+    Either way a file whose rows are *all* invalid is an error (a wrong layout or unit, not an
+    empty scan); an empty file is a valid empty cloud. With ``num_features=5`` a 4-column file
+    gets a zero time-lag column (a single sweep has no lag); any other width mismatch is an
+    error.
     """
     p = Path(path)
     name = p.name.lower()
     if not p.is_file():
         raise InputError("point file not found", path=p, field="points")
-    if name.endswith(".pcd.bin") or name.endswith(".bin"):
-        width = columns or (NUSCENES_COLUMNS if name.endswith(".pcd.bin") else KITTI_COLUMNS)
-        points = _read_raw_float32(p, width)
-    elif name.endswith(".pcd"):
-        points = _read_pcd(p, columns)
-    elif name.endswith(".npy"):
-        points = _read_npy(p, columns)
-    else:
-        raise InputError(f"unknown point file format {p.suffix!r}; expected .pcd.bin (nuScenes), "
-                         ".bin (KITTI), .pcd or .npy", path=p, field="format")
+    with _reading(p, "points"):
+        if name.endswith(".pcd.bin") or name.endswith(".bin"):
+            width = columns or (NUSCENES_COLUMNS if name.endswith(".pcd.bin") else KITTI_COLUMNS)
+            points = _read_raw_float32(p, width)
+        elif name.endswith(".pcd"):
+            points = _read_pcd(p, columns)
+        elif name.endswith(".npy"):
+            points = _read_npy(p, columns)
+        else:
+            raise InputError(f"unknown point file format {p.suffix!r}; expected .pcd.bin "
+                             "(nuScenes), .bin (KITTI), .pcd or .npy", path=p, field="format")
     points = _apply_nonfinite_policy(points, nonfinite, p)
     return _match_features(points, num_features, p)
 
@@ -83,7 +104,11 @@ def _read_raw_float32(path: Path, columns: int) -> np.ndarray:
 
 def _read_pcd(path: Path, columns: int | None) -> np.ndarray:
     try:
-        cloud = PointCloud.from_path(path)
+        with warnings.catch_warnings():  # an ASCII file with zero points is a valid empty cloud
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+            cloud = PointCloud.from_path(path)
+    except OSError:
+        raise
     except Exception as exc:  # pypcd4 raises bare ValueError/KeyError/struct errors on bad headers
         raise InputError(f"not a readable PCD file: {exc}", path=path, field="header") from None
     fields = list(cloud.fields)
@@ -96,15 +121,24 @@ def _read_pcd(path: Path, columns: int | None) -> np.ndarray:
     if columns is not None and columns != len(wanted):
         raise InputError(f"columns={columns} was requested but the file provides {len(wanted)} "
                          f"usable fields {wanted}", path=path, field="columns")
-    return np.ascontiguousarray(cloud.numpy(wanted), dtype=np.float32)
+    try:
+        return np.ascontiguousarray(cloud.numpy(wanted), dtype=np.float32)
+    except (ValueError, TypeError) as exc:  # a declared size that the data does not fill
+        raise InputError(f"the point data does not match the header: {exc}", path=path,
+                         field="data") from None
 
 
 def _read_npy(path: Path, columns: int | None) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays (would need pickle) and malformed headers
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # pickles, bad headers, truncation
         raise InputError(f"not a plain .npy array: {exc}", path=path, field="format") from None
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+    if not isinstance(array, np.ndarray):  # an .npz archive behind an .npy name
+        array.close()
+        raise InputError("not a plain .npy array (an .npz archive?)", path=path, field="format")
+    kind = array.dtype
+    if kind.fields is not None or not np.issubdtype(kind, np.number) \
+            or np.issubdtype(kind, np.complexfloating):
         raise InputError(f"expected a real numeric array, got dtype {array.dtype}", path=path,
                          field="dtype")
     if array.ndim == 1 and columns:
@@ -118,21 +152,29 @@ def _read_npy(path: Path, columns: int | None) -> np.ndarray:
     if columns is not None and array.shape[1] != columns:
         raise InputError(f"expected {columns} columns, got {array.shape[1]}", path=path,
                          field="columns")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes Inf: an invalid row
+        return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _apply_nonfinite_policy(points: np.ndarray, policy: NonFinitePolicy, path: Path) -> np.ndarray:
     if policy not in ("drop", "error"):
         raise ValueError(f"nonfinite must be 'drop' or 'error', got {policy!r}")
     finite = np.isfinite(points).all(axis=1)
-    bad = int(points.shape[0] - np.count_nonzero(finite))
+    with np.errstate(invalid="ignore"):
+        valid = finite & (np.abs(points[:, :3]) <= MAX_ABS_COORD_M).all(axis=1)
+    total = points.shape[0]
+    bad = int(total - np.count_nonzero(valid))
     if not bad:
         return points
+    why = (f"contain NaN or Inf or a coordinate beyond {MAX_ABS_COORD_M:g} m "
+           f"({total - np.count_nonzero(finite)} non-finite)")
+    if bad == total:
+        raise InputError(f"all {total} rows {why}: a wrong column count, dtype or unit, not a "
+                         "LiDAR scan", path=path, field="points")
     if policy == "error":
-        raise InputError(f"{bad} of {points.shape[0]} rows contain NaN or Inf", path=path,
-                         field="points")
-    log.warning("%s: dropped %d of %d rows containing NaN or Inf", path, bad, points.shape[0])
-    return points[finite]
+        raise InputError(f"{bad} of {total} rows {why}", path=path, field="points")
+    log.warning("%s: dropped %d of %d rows that %s", path, bad, total, why)
+    return points[valid]
 
 
 def _match_features(points: np.ndarray, num_features: int | None, path: Path) -> np.ndarray:
@@ -232,7 +274,11 @@ def read_multisweep(key_path: str | Path, key_timestamp: int, sweeps: Sequence[S
 
 
 def read_image(path: str | Path, *, camera: str = "") -> np.ndarray:
-    """An image file → ``(H, W, 3)`` uint8 RGB, loaded with PIL as the reference does."""
+    """An image file → ``(H, W, 3)`` uint8 RGB, loaded with PIL as the reference does.
+
+    A missing file, an unreadable or truncated one and a decompression bomb (PIL's pixel
+    limit) are ``InputError``s naming the camera.
+    """
     p = Path(path)
     who = f"camera {camera}: " if camera else ""
     fld = camera or "image"
@@ -241,7 +287,7 @@ def read_image(path: str | Path, *, camera: str = "") -> np.ndarray:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise InputError(f"{who}image file not found", path=p, field=fld) from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise InputError(f"{who}not a readable image ({exc})", path=p, field=fld) from None
 
 
@@ -249,9 +295,11 @@ def read_images(paths: Sequence[str | Path], cameras: Sequence[str],
                 expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """One image per camera → ``(N, H, W, 3)`` uint8 in the given camera order.
 
-    All images must share one size, and ``expected_size`` (H, W) when given: the preprocessing
-    derives its resize and crop from the preset's raw size, so a mismatch would silently feed the
-    network a wrongly cropped view.
+    All images must share one size, and ``expected_size`` (H, W) when given. The policy for
+    another size is to **refuse, never resize**: the preprocessing derives its resize and crop
+    from the preset's raw size, and the intrinsics are in raw-image pixels — resizing an image
+    whose calibration was made at another resolution would feed the network a wrongly cropped
+    view with wrongly projected depth, i.e. plausible wrong boxes instead of an error.
     """
     images = [read_image(p, camera=c) for p, c in zip(paths, cameras, strict=True)]
     want = expected_size or images[0].shape[:2]

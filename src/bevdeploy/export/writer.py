@@ -19,7 +19,7 @@ import torch
 
 from bevdeploy.io import replace_dir, staging_dir
 from bevdeploy import __version__
-from bevdeploy.errors import PackageError
+from bevdeploy.errors import OutputError, PackageError, os_reason
 from bevdeploy.export.camera import camera_backbone_graph, camera_vtransform_graph
 from bevdeploy.export.fuser import fuser_graph
 from bevdeploy.export.head import head_graph
@@ -87,6 +87,10 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _check_replaceable(out)  # again: it may have changed while we exported
         replace_dir(staging, out)
+    except OSError as exc:  # a full disk or a vanished staging directory while writing
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write the package: {os_reason(exc)}", path=out,
+                          field="output") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

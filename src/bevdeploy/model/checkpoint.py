@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from bevdeploy.io import atomic_file
 from bevdeploy import __version__
-from bevdeploy.errors import CheckpointError, UnsafeFileError
+from bevdeploy.errors import CheckpointError, UnsafeFileError, os_reason
 
 SPCONV2_LAYOUT = "spconv2"  # (O, kx, ky, kz, I)
 SPCONV1_LAYOUT = "spconv1"  # (kx, ky, kz, I, O)
@@ -131,6 +131,20 @@ def _refusal(path: Path, exc: Exception) -> UnsafeFileError:
     return UnsafeFileError(f"refused: {reason}", path=path, field="pickle")
 
 
+def _check_container(path: Path) -> None:
+    """Refuse a file that is neither of ``torch.save``'s containers — a zip archive, or (legacy)
+    a pickle opening with a protocol 2–5 header — before unpickling, so that a corrupt or foreign
+    file reads as unreadable, not as a refused (unsafe) one."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read: {os_reason(exc)}", path=path) from None
+    if head != b"PK\x03\x04" and not (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        raise CheckpointError("not a readable torch checkpoint: neither a zip archive "
+                              "(torch.save) nor a pickle (legacy torch.save)", path=path)
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint file with ``weights_only=True`` and unwrap its state dict.
 
@@ -141,6 +155,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError("file not found", path=p)
+    _check_container(p)
     with torch.serialization.safe_globals([(_Discarded, n) for n in METADATA_GLOBALS]):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)

@@ -18,7 +18,7 @@ and are not counted (BN folds into the convolutions when deployed).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -251,6 +251,37 @@ def count_macs(model: nn.Module, batch: Any) -> list[ModuleCost]:
             detail="; ".join(tally.details.get(group, [])),
         ))
     return rows
+
+
+def count_dense_macs(model: nn.Module, batch: Any,
+                     groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Dense MACs per named group of submodules (dotted paths into ``model``), counted on one
+    ``model(batch)`` forward like ``count_macs``. For groupings that cut across the top-level
+    modules, e.g. a deploy package's ONNX graphs (``camera.backbone`` holds the image backbone,
+    the neck and the vtransform's depth network). Paths must be distinct and not nested."""
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    tally = _Tally(counter)
+    handles: list[Any] = []
+    for group, paths in groups.items():
+        for path in paths:
+            def pre(mod: nn.Module, args: Any) -> None:
+                tally.begin(mod)
+
+            def post(mod: nn.Module, args: Any, out: Any, group: str = group) -> None:
+                tally.add(group, dense_flops=tally.end(mod))
+
+            module = model.get_submodule(path)
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {group: tally.dense_flops.get(group, 0) // 2 for group in groups}
 
 
 # --------------------------------------------------------------------------------------------

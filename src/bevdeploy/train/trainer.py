@@ -33,7 +33,7 @@ from torch import nn
 
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.errors import ConfigError
-from bevdeploy.io import atomic_write
+from bevdeploy.io import atomic_write, output_dir
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.checkpoint import save_checkpoint
 from bevdeploy.presets import Preset, get_preset
@@ -162,12 +162,11 @@ def train(preset: Preset | str, data_root: str | Path, out: str | Path, *,
                   **({"epochs": epochs, "minutes": None} if epochs is not None else {}),
                   **({"minutes": minutes, "epochs": None} if minutes is not None else {}))
     cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
     frames = NuScenesLoader(data_root, version=version, split=split, preset=preset)
+    out = output_dir(out)  # after the dataset opened: a typo in --data leaves no empty run
     dataset = f"{Path(data_root).resolve()}:{version}:{split}"
     paths = cache_frames(frames, preset, cache_dir or out / "cache", dataset=dataset)
     samples = [load_sample(p) for p in paths]

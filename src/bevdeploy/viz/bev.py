@@ -19,6 +19,7 @@ from matplotlib.patches import Polygon
 
 from bevdeploy.data.boxes import box_corners
 from bevdeploy.data.frame import Detections, Frame, GroundTruth
+from bevdeploy.io import atomic_file
 from bevdeploy.viz.style import GT_COLOR, boxes_to_draw, class_color, to_unit
 
 BACKGROUND = "black"
@@ -81,6 +82,6 @@ def render_bev(frame: Frame, detections: Detections, path: str | Path, *,
         ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False,
                   labelcolor="white")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", facecolor=BACKGROUND)
+    with atomic_file(out) as handle:
+        fig.savefig(handle, format="png", facecolor=BACKGROUND)
     return out

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from bevdeploy.data.boxes import box_corners
 from bevdeploy.data.frame import Detections, Frame, GroundTruth
 from bevdeploy.data.preprocess import lidar2image
+from bevdeploy.io import atomic_file
 from bevdeploy.viz.style import GT_COLOR, boxes_to_draw, class_color
 
 NEAR_M = 0.1  # clip plane in front of the camera (metres of camera depth)
@@ -77,6 +78,6 @@ def render_cameras(frame: Frame, detections: Detections, path: str | Path, *,
         draw.text((6, 4), frame.calib.camera_names[cam], fill=(255, 255, 0))
         canvas.paste(tile, ((cam % columns) * tile_width, (cam // columns) * tile_h))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, format="PNG")
+    with atomic_file(out) as handle:
+        canvas.save(handle, format="PNG")
     return out

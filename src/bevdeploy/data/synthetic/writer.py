@@ -39,7 +39,7 @@ from bevdeploy.data.synthetic.rig import CAMERAS, LIDAR, CameraSpec, quaternion_
 from bevdeploy.data.synthetic.world import (
     DRIVABLE_HALF_WIDTH, GROUND_REFLECTIVITY, MAP_MARGIN, MAX_SCENES, NEIGHBOURHOOD_HALF_WIDTH,
     PRIORS, SAMPLE_INTERVAL_US, SWEEP_INTERVAL_US, SWEEPS_PER_SAMPLE, SceneSim, build_world)
-from bevdeploy.errors import ConfigError, DatasetError
+from bevdeploy.errors import ConfigError, DatasetError, OutputError, os_reason
 
 VERSION = "v1.0-mini"
 MARKER = "bevdeploy_synth.json"  # written at the root; only such directories are overwritten
@@ -84,16 +84,17 @@ def write_world(out: str | Path, scenes: int = 2, samples: int = 10, seed: int =
     _check_arguments(out, scenes, samples, seed, density)
     world = build_world(seed, scenes, samples)
     _check_target(out, overwrite)
-    try:
-        staging = staging_dir(out)
-    except OSError as exc:
-        raise DatasetError(f"cannot create the output directory: {exc}", path=out) from exc
+    staging = staging_dir(out)
     try:
         _write(staging, world, seed, density)
         (staging / MARKER).write_text(json.dumps({
             "generator": "bevdeploy.data.synthetic", "bevdeploy": __version__, "version": VERSION,
             "scenes": scenes, "samples": samples, "seed": seed, "density": density}, indent=1))
         replace_dir(staging, out)
+    except OSError as exc:  # a full disk while writing
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write the dataset: {os_reason(exc)}", path=out,
+                          field="output") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
