@@ -65,3 +65,15 @@ def fresh_val_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return write_world(tmp_path_factory.mktemp("fresh") / "nuscenes", scenes=2, samples=8,
                        seed=123)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset exported with its shipped trained weights, once per session: its boxes
+    are real detections, so comparisons of detections mean something."""
+    from bevdeploy.export.writer import export_package
+    from bevdeploy.presets import get_preset
+
+    preset = get_preset("tiny")
+    return export_package(preset, preset.checkpoint_path,
+                          tmp_path_factory.mktemp("trained-tiny") / "package")

@@ -1,9 +1,10 @@
 """The ``bevdeploy`` command line.
 
-Every command turns a ``BevDeployError`` into one red line and the exit code of its class
-(``bevdeploy.errors``); ``--debug`` shows the traceback instead. Heavy imports (torch, the model)
-happen inside the commands that need them, so ``bevdeploy doctor`` and the runtime commands work
-on a machine without PyTorch.
+Every command turns a ``BevDeployError`` into one red line and the exit code of its class,
+Ctrl-C into one line and exit 130, and any other exception (a bug) into one line and exit 70 (the
+table is in ``bevdeploy.errors``); ``--debug`` shows the traceback instead. Heavy imports (torch,
+the model) happen inside the commands that need them, so ``bevdeploy doctor`` and the runtime
+commands work on a machine without PyTorch.
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from bevdeploy import __version__
-from bevdeploy.errors import BevDeployError
+from bevdeploy.errors import (EXIT_CODE_HELP, INTERNAL_EXIT, INTERRUPTED_EXIT, PARTIAL_EXIT,
+                              BevDeployError)
+from bevdeploy.frame_loop import FrameLoop, OnError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+if TYPE_CHECKING:
+    from bevdeploy.package import DeployPackage
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EXIT_CODE_HELP,
                   help="BEVFusion from a PyTorch checkpoint to a fast, verified deployment.")
 presets_app = typer.Typer(no_args_is_help=True, help="List and show model presets.")
 app.add_typer(presets_app, name="presets")
@@ -34,18 +42,37 @@ _state = {"debug": False}
 
 
 def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a ``BevDeployError`` as one line and exit with its class's code (``--debug``: raise)."""
+    """Print a ``BevDeployError`` as one line and exit with its class's code; Ctrl-C and any
+    other exception likewise, with codes 130 and 70 (``--debug``: raise, with the traceback)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise  # typer's own exits and usage errors
         except BevDeployError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[red]error[/red] ({type(exc).__name__}): {exc}", highlight=False,
-                              soft_wrap=True)
+            _error_line(f"[red]error[/red] ({type(exc).__name__})", str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            _error_line("[red]interrupted[/red]", "Ctrl-C")
+            raise typer.Exit(INTERRUPTED_EXIT) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            _error_line(f"[red]internal error[/red] ({type(exc).__name__})",
+                        f"{exc} — a bug in bevdeploy: rerun with `bevdeploy --debug ...` for the "
+                        "traceback to report")
+            raise typer.Exit(INTERNAL_EXIT) from None
     return wrapper
+
+
+def _error_line(head: str, text: str) -> None:
+    """``head: text`` on stderr; ``text`` is printed verbatim (a ``[field]`` is not markup)."""
+    err_console.print(f"{head}: {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def command(group: typer.Typer = app, name: str | None = None) -> Callable[..., Any]:
@@ -196,12 +223,14 @@ def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name
     console.print(model_info_table(count(p, probe_frame(p, seed=seed)), title=f"{p.name} model info"))
 
 
-def _detector(backend: str, package: Path | None, preset: str, checkpoint: Path | None, *,
+def _detector(backend: str, package: Path | DeployPackage | None, preset: str,
+              checkpoint: Path | None, *,
               threads: int | None, random_ok: bool, seed: int = 0, fp16_points: bool = False
               ) -> tuple[Any, Callable[..., Any]]:
     """The preset and a ``frame → (Detections, stage timings in ms)`` function for a backend:
-    the deploy runtime on ``package`` (onnxruntime) or the PyTorch reference (torch), shared by
-    ``infer`` and ``eval``. ``random_ok`` lets the reference run seeded random weights (with a
+    the deploy runtime on ``package`` (onnxruntime, torch-cuda or tensorrt: any name
+    ``create_runner`` knows) or the PyTorch reference (torch), shared by ``infer`` and
+    ``eval``. ``random_ok`` lets the reference run seeded random weights (with a
     warning) when neither ``checkpoint`` nor the preset names any."""
     from bevdeploy.errors import ConfigError
 
@@ -270,6 +299,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           calib: Optional[Path] = typer.Option(None, help="Calibration YAML of the rig "
                                                "(bevdeploy.data.calib_yaml)."),
           backend: Optional[str] = typer.Option(None, help="onnxruntime (the default with "
+                                                "--package), torch-cuda or tensorrt (GPU, with "
                                                 "--package) or torch (the PyTorch reference, the "
                                                 "default without)."),
           preset: str = typer.Option("tiny", help="Preset of the torch backend (a package carries "
@@ -285,15 +315,20 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           fp16_points: bool = typer.Option(False, help="torch backend: round points through "
                                            "float16 first, as the published numbers did."),
           seed: int = typer.Option(0, help="torch backend: seed of the initial weights when no "
-                                   "checkpoint exists.")
+                                   "checkpoint exists."),
+          on_error: OnError = typer.Option(OnError.stop, help="A frame that fails (a damaged "
+                                           "file): stop the run, or skip it, go on and exit 8 "
+                                           "with the failures listed in detections.json.")
           ) -> None:
     """Detect objects in every frame of a dataset split (--data) or in one frame given as files
     (--pcd, --images, --calib); write detections (bevdeploy convention) and, for a dataset, a
-    nuScenes submission (global frame), atomically."""
+    nuScenes submission (global frame), atomically.
+
+    Once frames run, the outputs always hold exactly the frames that finished, and
+    detections.json's "run" record says whether the run was complete, partial (frames skipped),
+    stopped by an error or interrupted by Ctrl-C (then exit 130), with every failure."""
     import json
     import statistics
-
-    from rich.progress import track
 
     from bevdeploy.data.frame import Frame
     from bevdeploy.errors import ConfigError
@@ -311,10 +346,15 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     if single and (pcd is None or not camera_files or calib is None):
         raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
                           field="--pcd")
-    backend = backend or ("onnxruntime" if package is not None else "torch")
-    p, predict = _detector(backend, package, preset, checkpoint, threads=threads, seed=seed,
-                           fp16_points=fp16_points, random_ok=True)
+    from bevdeploy.io import check_output_dir
+    from bevdeploy.package import load_package
+    from bevdeploy.presets import get_preset
 
+    check_output_dir(out)  # before hours of frames, not after
+    backend = backend or ("onnxruntime" if package is not None else "torch")
+    # The inputs are read before the model loads, so that a bad file fails in milliseconds.
+    pkg = load_package(package) if package is not None else None
+    p = pkg.preset if pkg is not None else get_preset(preset)
     if single:
         from bevdeploy.data.calib_yaml import read_calibration
         from bevdeploy.data.readers import read_images, read_points
@@ -328,37 +368,59 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                         points=read_points(pcd, p.points.num_features),
                         calib=read_calibration(calib, names),
                         token=pcd.name.split(".")[0], source=str(pcd))]
+        labels: Any = [str(pcd)]
     else:
         from bevdeploy.data.nuscenes import (NuScenesLoader, detections_to_nuscenes,
                                              write_submission)
 
         frames = NuScenesLoader(data, version=version, split=split, preset=p)
+        labels = frames.sample_tokens
     n = len(frames) if limit is None else min(limit, len(frames))
+    p, predict = _detector(backend, pkg, preset, checkpoint, threads=threads, seed=seed,
+                           fp16_points=fp16_points, random_ok=True)
 
     detections, submission, timings = {}, {}, []
-    for i in track(range(n), description=f"{backend} inference", console=err_console):
+
+    def run_frame(i: int) -> None:
         frame = frames[i]
         dets, frame_timings = predict(frame)
+        if render:
+            render_frame(frame, dets, out / "render", score_threshold=render_threshold,
+                         extent=view_extent(p))
         timings.append(frame_timings)
         detections[frame.token] = dets.to_dict()
         if not single:
             submission[frame.token] = detections_to_nuscenes(dets, frame.calib, frame.token)
-        if render:
-            render_frame(frame, dets, out / "render", score_threshold=render_threshold,
-                         extent=view_extent(p))
+
+    loop = FrameLoop(n, on_error, label=labels.__getitem__, console=err_console,
+                     description=f"{backend} inference")
+    loop.run(run_frame)
     atomic_write(out / "detections.json", json.dumps(
         {"preset": p.name, "backend": backend,
-         "package": None if package is None else str(package), "frames": detections}).encode())
+         "package": None if package is None else str(package), "run": loop.to_dict(),
+         "frames": detections}).encode())
     written = [out / "detections.json"]
     if not single:
         written.append(write_submission(out / "results_nusc.json", submission))
-    if render:
+    if render and loop.done:
         written.append(out / "render")
     if timings:
         stages = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
-        console.print(f"{n} frame(s); median ms: "
+        console.print(f"{loop.done} frame(s); median ms: "
                       + " | ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-    console.print("wrote " + ", ".join(str(w) for w in written))
+    console.print(f"{loop.summary()}; wrote " + ", ".join(str(w) for w in written),
+                  highlight=False, soft_wrap=True)
+    _finish(loop)
+
+
+def _finish(loop: FrameLoop) -> None:
+    """End a multi-frame command with its outcome: re-raise what stopped it (the error, or
+    Ctrl-C: exit 130), or exit 8 when frames were skipped."""
+    loop.raise_if_ended()
+    if loop.failures:
+        err_console.print(f"[yellow]partial[/yellow]: {len(loop.failures)} of {loop.total} "
+                          f"frame(s) skipped (--on-error skip)", highlight=False)
+        raise typer.Exit(PARTIAL_EXIT)
 
 
 # ---------------------------------------------------------------------------------- package
@@ -383,6 +445,92 @@ def export(out: Path = typer.Option(..., help="Package directory to write (atomi
     t0 = time.perf_counter()
     root = export_package(p, weights, out, opset=opset)
     console.print(f"exported {root} in {time.perf_counter() - t0:.1f} s")
+    print_package(root, console=console)
+
+
+@command()
+def optimize(package: Path = typer.Argument(..., help="Deploy package to optimize (only read)."),
+             out: Path = typer.Option(..., help="Optimized package directory (written "
+                                      "atomically)."),
+             simplify: bool = typer.Option(False, "--simplify", help="onnxslim: constant and "
+                                           "BN folding, dead-node removal."),
+             fp16: bool = typer.Option(False, "--fp16", help="FP16 dense modules (FP32 I/O; head "
+                                       "LayerNorm/Softmax/TopK/Sigmoid in FP32); with --int8 "
+                                       "only the modules INT8 leaves alone."),
+             int8: bool = typer.Option(False, "--int8", help="INT8 QDQ camera.backbone and fuser "
+                                       "(post-training, needs --calib)."),
+             calib: Optional[Path] = typer.Option(None, help="nuScenes-format dataset of the "
+                                                  "calibration frames."),
+             calib_frames: int = typer.Option(8, min=1, help="Calibration frames (spread over "
+                                              "the split)."),
+             calib_split: str = typer.Option("mini_train", help="Split of the calibration "
+                                             "frames."),
+             version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+             calibrator: str = typer.Option("percentile", help="minmax, entropy, percentile or "
+                                            "distribution (ONNX Runtime's calibrators)."),
+             exclude: Optional[list[str]] = typer.Option(None, help="Keep matching layers in "
+                                                         "float: MODULE:GLOB or GLOB over node "
+                                                         "names (repeatable)."),
+             recipe_excludes: bool = typer.Option(True, help="Also keep the reference recipe's "
+                                                  "float layer (fuser deblocks.0)."),
+             reduce_range: bool = typer.Option(True, help="7-bit INT8 weights: avoids the U8S8 "
+                                               "saturation of x86 CPUs without VNNI."),
+             sensitivity: bool = typer.Option(False, "--sensitivity", help="Rank INT8 layer "
+                                              "groups by the output cosine when quantized "
+                                              "alone; writes sensitivity.json."),
+             sensitivity_granularity: str = typer.Option("block", help="block or layer."),
+             sensitivity_top: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
+             threads: Optional[int] = typer.Option(None, min=1, help="CPU threads of the "
+                                                   "calibration pipeline.")) -> None:
+    """Simplify, convert to FP16 and/or quantize to INT8 (QDQ) the dense modules of a package;
+    the optimized modules are checked for NaN/Inf on the calibration frames."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.optimize import (
+        CalibrationSource, Int8Options, OptimizeOptions, optimize_package,
+    )
+    from bevdeploy.optimize.int8 import RECIPE_EXCLUDES
+
+    if sensitivity_granularity not in ("block", "layer"):
+        raise ConfigError(f"expected block or layer, got {sensitivity_granularity!r}",
+                          field="--sensitivity-granularity")
+    patterns = (*(RECIPE_EXCLUDES if recipe_excludes else ()), *(exclude or ()))
+    options = OptimizeOptions(
+        simplify=simplify, fp16=fp16,
+        int8=Int8Options(calibrator=calibrator, excludes=patterns, reduce_range=reduce_range)
+        if int8 else None,
+        calib=None if calib is None else CalibrationSource(calib, calib_frames, version,
+                                                           calib_split),
+        sensitivity=sensitivity_granularity if sensitivity else None,  # type: ignore[arg-type]
+        threads=threads)
+    t0 = time.perf_counter()
+    result = optimize_package(package, out, options)
+    console.print(result.table())
+    if result.sensitivity is not None:
+        console.print(result.sensitivity.table(sensitivity_top))
+    console.print(f"wrote {result.root} in {time.perf_counter() - t0:.1f} s")
+
+
+@command()
+def build(package: Path = typer.Argument(..., help="Deploy package whose dense modules to build."),
+          precision: str = typer.Option(..., help="fp16, or int8 (needs an INT8 QDQ package "
+                                        "from `bevdeploy optimize --int8`)."),
+          workspace: Optional[float] = typer.Option(None, help="Builder workspace limit, GB "
+                                                    "(default: TensorRT's)."),
+          timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file: read if "
+                                                      "it exists, written back after the "
+                                                      "build (faster rebuilds)."),
+          out: Optional[Path] = typer.Option(None, help="Write a copy with the engines here "
+                                             "(atomically) instead of adding them in place."),
+          device: str = typer.Option("cuda", help="CUDA device to build for.")) -> None:
+    """Build TensorRT engines of the four dense modules into the package and record TensorRT
+    version, GPU, compute capability, flags and hashes in its manifest (SCN: sparse executor)."""
+    from bevdeploy.build import build_engines
+    from bevdeploy.export.inspect import print_package
+
+    t0 = time.perf_counter()
+    root = build_engines(package, precision=precision, workspace_gb=workspace,
+                         timing_cache=timing_cache, out=out, device=device, log=console.print)
+    console.print(f"built {precision} engines into {root} in {time.perf_counter() - t0:.1f} s")
     print_package(root, console=console)
 
 
@@ -428,7 +576,8 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
              package: Optional[Path] = typer.Option(None, help="Deploy package (backend "
                                                     "onnxruntime)."),
              backend: Optional[str] = typer.Option(None, help="onnxruntime (the default with "
-                                                   "--package) or torch (the reference)."),
+                                                   "--package), torch-cuda or tensorrt (GPU, "
+                                                   "with --package) or torch (the reference)."),
              preset: str = typer.Option("tiny", help="Preset of the torch backend."),
              checkpoint: Optional[Path] = typer.Option(None, help="Weights of the torch backend; "
                                                        "the preset's default when omitted."),
@@ -436,28 +585,40 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
              split: str = typer.Option("mini_val", help="Split to evaluate."),
              limit: Optional[int] = typer.Option(None, min=1, help="Only the first N frames "
                                                  "(scored on those samples only)."),
-             threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads.")
+             threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads."),
+             on_error: OnError = typer.Option(OnError.stop, help="A frame that fails: stop "
+                                              "(nothing written), or skip it, score the rest and "
+                                              "exit 8 with the failures in metrics.json.")
              ) -> None:
     """mAP, NDS, TP errors and per-class AP through nuscenes-devkit's DetectionEval, for the
-    reference or a deployed package, on real nuScenes or the synthetic world."""
-    from rich.progress import track
-
+    reference or a deployed package, on real nuScenes or the synthetic world. A metric covers
+    the whole run or nothing: a stopped or interrupted run writes no metrics."""
     from bevdeploy.data.nuscenes import NuScenesLoader
     from bevdeploy.eval.nuscenes_eval import evaluate
+    from bevdeploy.io import check_output_dir
+    from bevdeploy.package import load_package
+    from bevdeploy.presets import get_preset
 
+    check_output_dir(out)
     chosen = backend or ("onnxruntime" if package is not None else "torch")
-    p, predict = _detector(chosen, package, preset, checkpoint, threads=threads, random_ok=False)
-    loader = NuScenesLoader(data, version=version, split=split, preset=p)
+    pkg = load_package(package) if package is not None else None  # the dataset opens before
+    loader = NuScenesLoader(data, version=version, split=split,  # the model loads
+                            preset=pkg.preset if pkg is not None else get_preset(preset))
+    _, predict = _detector(chosen, pkg, preset, checkpoint, threads=threads, random_ok=False)
     n = len(loader) if limit is None else min(limit, len(loader))
+    loop = FrameLoop(n, on_error, label=loader.sample_tokens.__getitem__, console=err_console,
+                     description=f"{chosen} on {split}")
 
-    def detections():
-        for i in track(range(n), description=f"{chosen} on {split}", console=err_console):
-            frame = loader[i]
-            yield frame, predict(frame)[0]
+    def detect(i: int) -> tuple[Any, Any]:
+        frame = loader[i]
+        return frame, predict(frame)[0]
 
-    result = evaluate(detections(), data, out, version=version, split=split)
+    result = evaluate(loop.results(detect), data, out, version=version, split=split,
+                      run=loop.to_dict)
     console.print(result.table())
-    console.print(f"wrote {out}/results_nusc.json and {out}/metrics.json")
+    console.print(f"{loop.summary()}; wrote {out}/results_nusc.json and {out}/metrics.json",
+                  highlight=False, soft_wrap=True)
+    _finish(loop)
 
 
 @command(name="compare")
@@ -512,27 +673,46 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
                   scn: bool = typer.Option(True, help="Also time the SCN executor against "
                                            "spconv's CPU path on the same voxels (needs torch)."),
                   repeats: int = typer.Option(10, min=3, help="Timed runs after warm-up."),
+                  device: str = typer.Option("cpu", help="cpu: the numba kernels; cuda: the "
+                                             "Triton kernels on the GPU, CUDA-event timed, "
+                                             "floors from its copy bandwidth (no SCN rows)."),
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the "
                                                           "rows as JSON.")) -> None:
-    """Each CPU kernel's median time after warm-up next to its floor on this machine (bytes
+    """Each kernel's median time after warm-up next to its floor on this machine (bytes
     over the measured copy bandwidth, or MACs over the measured float32 GEMM rate)."""
     import dataclasses
     import json
 
+    from bevdeploy.errors import ConfigError
     from bevdeploy.io import atomic_write
     from bevdeploy.presets import get_preset
     from bevdeploy.runtime.kernels.bench import kernel_benchmarks
 
     p = get_preset(preset)
-    rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
-    table = Table(title=f"CPU kernels, {p.name} shapes (median of {repeats} after warm-up)")
+    if device == "cuda":
+        try:
+            import torch
+            from bevdeploy.runtime.kernels.cuda.bench import cuda_kernel_benchmarks
+        except ImportError as exc:
+            raise ConfigError(f"the CUDA kernels need torch and triton (pip install "
+                              f"'bevdeploy[gpu]'): {exc}", field="--device") from None
+        if not torch.cuda.is_available():
+            raise ConfigError("no CUDA device is usable", field="--device")
+        rows = cuda_kernel_benchmarks(p, num_points=points, repeats=repeats)
+    elif device == "cpu":
+        rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
+    else:
+        raise ConfigError(f"expected cpu or cuda, got {device!r}", field="--device")
+    digits = 3 if device == "cuda" else 1
+    table = Table(title=f"{device.upper()} kernels, {p.name} shapes (median of {repeats} after "
+                        "warm-up)")
     for col in ("kernel", "work", "median ms", "p90 ms", "floor ms", "× floor", "floor basis"):
         table.add_column(col, justify="right" if "ms" in col or "×" in col else "left")
     for r in rows:
-        table.add_row(r.kernel, r.work, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}",
-                      f"{r.floor_ms:.1f}", f"{r.ratio:.1f}", r.floor_basis)
+        table.add_row(r.kernel, r.work, f"{r.median_ms:.{digits}f}", f"{r.p90_ms:.{digits}f}",
+                      f"{r.floor_ms:.{digits}f}", f"{r.ratio:.1f}", r.floor_basis)
     result: dict = {"kernels": [dataclasses.asdict(r) for r in rows]}
-    if scn:
+    if scn and device == "cpu":
         from bevdeploy.runtime.kernels.cpu.bench_scn import scn_benchmark
 
         s = scn_benchmark(p.name, voxels, repeats=repeats)
@@ -548,6 +728,49 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
     console.print(table)
     if json_out is not None:
         atomic_write(json_out, json.dumps(result, indent=1).encode())
+
+
+@command(name="bench")
+def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat to compare "
+                                             "several (e.g. fp32 and int8) in one run."),
+          backend: list[str] = typer.Option(["onnxruntime"], help="Backend; repeatable."),
+          schedule: list[str] = typer.Option(["sequential"], help="sequential, branches or "
+                                             "frames; repeatable."),
+          reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time "
+                                         "the PyTorch eager reference and print ratios to it."),
+          checkpoint: Optional[Path] = typer.Option(None, help="Weights of the reference "
+                                                    "(default: the package's own when found, "
+                                                    "else a seeded random init)."),
+          precision: Optional[str] = typer.Option(None, help="Refuse packages whose dense "
+                                                  "modules are not at this precision "
+                                                  "(fp32/fp16/int8)."),
+          threads: Optional[int] = typer.Option(None, min=1, help="Thread budget of every "
+                                                "variant (default: all cores)."),
+          frames: int = typer.Option(10, min=1, help="Timed frames per variant."),
+          warmup: int = typer.Option(2, min=0, help="Untimed frames first (JIT, caches)."),
+          data: Optional[Path] = typer.Option(None, help="nuScenes-format dataset (default: a "
+                                              "small synthetic world, generated once)."),
+          version: str = typer.Option("v1.0-mini", help="nuScenes version folder of --data."),
+          split: str = typer.Option("mini_val", help="Split of --data."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report "
+                                                  "as JSON (atomically).")) -> None:
+    """Per-stage and end-to-end latency (median, p90), frames/s and peak memory of packages,
+    backends and schedules side by side with the PyTorch eager reference, each variant in its
+    own process; the dense modules' GFLOP/s against this machine's GEMM peak."""
+    import numba
+
+    from bevdeploy.eval.bench import FrameSource, default_world, plan_variants, run_bench
+
+    budget = threads or numba.config.NUMBA_NUM_THREADS
+    variants = plan_variants(package, backends=backend, schedules=schedule, threads=budget,
+                             reference=reference, checkpoint=checkpoint, precision=precision)
+    source = default_world() if data is None else FrameSource(str(data), version, split)
+    report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,
+                       progress=lambda message: err_console.print(message))
+    console.print(report.table())
+    console.print(report.dense_table())
+    if json_out is not None:
+        console.print(f"wrote {report.write_json(json_out)}")
 
 
 # ---------------------------------------------------------------------------------- presets

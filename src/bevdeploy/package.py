@@ -20,7 +20,9 @@ ignores; a newer *major* version is refused)::
     preset           Preset.to_dict() — the one source of truth, re-validated on load
     classes, cameras  the preset's class and camera order (denormalised for readers in C++)
     geometry, voxelization, decode   derived from the preset by ``runtime_parameters``
-    modules          {name: {file, sha256, size, precision, opset, inputs, outputs, ops, details}}
+    modules          {name: {file, sha256, size, precision, opset, inputs, outputs, ops, details,
+                             engine (optional: a TensorRT engine, ``EngineEntry``)}}
+    optimization     (optional) what ``bevdeploy optimize`` did: passes, tools, calibration
 
 The ``geometry``/``voxelization``/``decode`` blocks are derived data; ``load_package`` refuses a
 manifest whose blocks disagree with its own preset, so the two can never drift apart.
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bevdeploy.data.preprocess import img_aug_matrices
-from bevdeploy.errors import ConfigError, PackageError
+from bevdeploy.errors import ConfigError, PackageError, os_reason
 from bevdeploy.presets import Preset
 
 FORMAT_VERSION = "1.0"
@@ -97,6 +99,57 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class EngineEntry:
+    """A TensorRT engine built from a module's ONNX by ``bevdeploy build``.
+
+    An engine runs only under the TensorRT version and on the GPU (compute capability) that
+    built it, so both are recorded and checked before it is deserialized. Its hash is checked
+    when it is loaded, not by ``load_package``: a damaged engine must not stop the package's
+    ONNX modules from running on another backend.
+    """
+
+    file: str
+    sha256: str
+    size: int
+    precision: str  # what the build was asked for: "fp16" | "int8"
+    tensorrt: str  # tensorrt.__version__ of the builder
+    gpu: str  # device name, e.g. "NVIDIA H100 80GB HBM3"
+    compute_capability: str  # "9.0"
+    flags: tuple[str, ...]  # builder flags, e.g. ("FP16",) or ("STRONGLY_TYPED",)
+    workspace_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "size": self.size,
+                "precision": self.precision, "tensorrt": self.tensorrt, "gpu": self.gpu,
+                "compute_capability": self.compute_capability, "flags": list(self.flags),
+                "workspace_bytes": self.workspace_bytes}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: Path, where: str) -> "EngineEntry":
+        d = _mapping(data, source, where)
+        file = _typed(d, "file", str, source, where)
+        if Path(file).name != file or file in ("", ".", ".."):
+            raise PackageError(f"file name {file!r} must be a plain name inside the package",
+                               path=source, field=f"{where}.file")
+        flags = _typed(d, "flags", list, source, where)
+        if not all(isinstance(f, str) for f in flags):
+            raise PackageError("expected a list of flag names", path=source,
+                               field=f"{where}.flags")
+        workspace = d.get("workspace_bytes")
+        if workspace is not None and (isinstance(workspace, bool)
+                                      or not isinstance(workspace, int)):
+            raise PackageError("expected null or a byte count", path=source,
+                               field=f"{where}.workspace_bytes")
+        return cls(file=file, sha256=_typed(d, "sha256", str, source, where),
+                   size=_typed(d, "size", int, source, where),
+                   precision=_typed(d, "precision", str, source, where),
+                   tensorrt=_typed(d, "tensorrt", str, source, where),
+                   gpu=_typed(d, "gpu", str, source, where),
+                   compute_capability=_typed(d, "compute_capability", str, source, where),
+                   flags=tuple(flags), workspace_bytes=workspace)
+
+
+@dataclass(frozen=True)
 class ModuleEntry:
     """One file of the package and what the runtime must know to bind it."""
 
@@ -110,13 +163,15 @@ class ModuleEntry:
     outputs: tuple[TensorSpec, ...]
     ops: Mapping[str, int]  # op census: op type (domain-qualified if custom) → node count
     details: Mapping[str, Any] = field(default_factory=dict)  # exporter-specific facts
+    engine: EngineEntry | None = None  # a TensorRT engine built from ``file`` (bevdeploy build)
 
     def to_dict(self) -> dict[str, Any]:
+        engine = {} if self.engine is None else {"engine": self.engine.to_dict()}
         return {"file": self.file, "sha256": self.sha256, "size": self.size,
                 "precision": self.precision, "opset": self.opset,
                 "inputs": [t.to_dict() for t in self.inputs],
                 "outputs": [t.to_dict() for t in self.outputs],
-                "ops": dict(self.ops), "details": dict(self.details)}
+                "ops": dict(self.ops), "details": dict(self.details), **engine}
 
     @classmethod
     def from_dict(cls, name: str, data: Any, *, source: Path) -> "ModuleEntry":
@@ -142,6 +197,8 @@ class ModuleEntry:
                           for i, t in enumerate(_typed(d, "outputs", list, source, where))),
             ops=ops,
             details=_typed(d, "details", dict, source, where) if "details" in d else {},
+            engine=EngineEntry.from_dict(d["engine"], source=source, where=f"{where}.engine")
+            if "engine" in d else None,
         )
 
 
@@ -155,8 +212,12 @@ class Manifest:
     created_utc: str
     checkpoint: Mapping[str, str] | None = None
     format_version: str = FORMAT_VERSION
+    # What ``bevdeploy optimize`` did to the exported files (passes, tools, calibration);
+    # None for a package as exported. Written only when present, so older readers ignore it.
+    optimization: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        optimization = {} if self.optimization is None else {"optimization": self.optimization}
         return {
             "format_version": self.format_version,
             "created_utc": self.created_utc,
@@ -167,6 +228,7 @@ class Manifest:
             "cameras": list(self.preset.cameras.names),
             **runtime_parameters(self.preset),
             "modules": {name: m.to_dict() for name, m in self.modules.items()},
+            **optimization,
         }
 
     def to_json(self) -> str:
@@ -202,10 +264,12 @@ class Manifest:
         if checkpoint is not None and not (isinstance(checkpoint, dict)
                                            and isinstance(checkpoint.get("sha256"), str)):
             raise PackageError("expected null or {file, sha256}", path=source, field="checkpoint")
+        optimization = _typed(d, "optimization", dict, source, "<root>") \
+            if "optimization" in d else None
         return cls(preset=preset, modules=modules,
                    versions=_typed(d, "versions", dict, source, "<root>"),
                    created_utc=_typed(d, "created_utc", str, source, "<root>"),
-                   checkpoint=checkpoint, format_version=version)
+                   checkpoint=checkpoint, format_version=version, optimization=optimization)
 
 
 def check_format_version(version: str, source: Path) -> None:
@@ -317,7 +381,11 @@ def verify_file(root: Path, entry: ModuleEntry) -> None:
     if size != entry.size:
         raise PackageError(f"size {size} B differs from the manifest's {entry.size} B: the file "
                            f"was truncated or replaced", path=path, field=f"{where}.size")
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise PackageError(f"cannot read: {os_reason(exc)}", path=path,
+                           field=f"{where}.file") from None
     if digest != entry.sha256:
         raise PackageError(f"SHA-256 {digest} differs from the manifest's {entry.sha256}: the "
                            f"file was modified or corrupted", path=path, field=f"{where}.sha256")
@@ -337,6 +405,8 @@ def load_package(path: str | Path) -> DeployPackage:
     except FileNotFoundError:
         raise PackageError(f"no {MANIFEST_NAME}: not a bevdeploy package (or an export that did "
                            f"not finish)", path=manifest_path) from None
+    except OSError as exc:
+        raise PackageError(f"cannot read: {os_reason(exc)}", path=manifest_path) from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise PackageError(f"not valid JSON: {exc}", path=manifest_path) from None
     manifest = Manifest.from_dict(data, source=manifest_path)

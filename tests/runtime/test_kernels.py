@@ -29,7 +29,7 @@ from bevdeploy.data.synthetic.rig import CAMERAS, LIDAR
 from bevdeploy.errors import InputError
 from bevdeploy.model.bbox_coder import TransFusionBBoxCoder
 from bevdeploy.model.camera.depth_lss import build_vtransform
-from bevdeploy.model.inputs import intrinsics_4x4, prepare_images
+from bevdeploy.model.inputs import filter_points, intrinsics_4x4, prepare_images
 from bevdeploy.model.lidar.voxelize import voxelize_points
 from bevdeploy.model.transfusion import build_head
 from bevdeploy.presets import Preset, get_preset
@@ -73,8 +73,8 @@ def _kernel_voxels(points: np.ndarray, preset: Preset, max_voxels: int
 
 
 def _assert_same_voxels(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> None:
-    """Same voxels in the same order with the same counts; means to 1e-6 (float32 sums in
-    point order on both sides)."""
+    """Same voxels in the same order with the same counts; means to 1e-6 (the reference sums
+    in float32, the kernel in float64, both in point order; ≤ 10 points of magnitude ≤ 255)."""
     (gf, gc, gn), (wf, wc, wn) = got, want
     assert gc.dtype == np.int32 and gn.dtype == np.int32 and gf.dtype == np.float32
     np.testing.assert_array_equal(gc, wc)
@@ -151,6 +151,20 @@ def test_voxelize_rejects_bad_arguments(tiny):
     with pytest.raises(InputError) as err:
         kernels.voxelize(np.zeros((4, 5), np.float32), (0.2,) * 3, (0,) * 3, (8, 0, 8), 10, 10)
     assert err.value.field == "grid_size"
+
+
+def test_in_range_is_the_reference_filter_faces_and_nan_included(tiny):
+    r = np.asarray(tiny.points.point_cloud_range, dtype=np.float32)
+    rng = np.random.default_rng(7)
+    cloud = rng.uniform(0, 1, size=(5000, 5)).astype(np.float32)
+    cloud[:, :3] = rng.uniform(1.2 * r[:3], 1.2 * r[3:], size=(5000, 3))
+    cloud[:6, :3] = np.stack([r[:3], r[3:], (r[:3] + r[3:]) / 2] * 2)  # on the faces, centre
+    cloud[3, 0] = np.nan
+    got = kernels.in_range(cloud, r[:3], r[3:])
+    want = filter_points(cloud, r)
+    assert 0 < len(want) < len(cloud) and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    assert kernels.in_range(np.zeros((0, 5), np.float32), r[:3], r[3:]).shape == (0, 5)
 
 
 # --------------------------------------------------------------------------------------------

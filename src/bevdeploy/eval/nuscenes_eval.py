@@ -78,6 +78,7 @@ class EvalResult:
     version: str
     full_split: bool
     submission: str
+    run: dict[str, Any] | None = None  # the frame loop's record (``FrameLoop.to_dict``)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; undefined (NaN) errors become ``None``."""
@@ -228,12 +229,15 @@ def evaluate_submission(submission: str | Path, dataroot: str | Path, *,
 
 
 def evaluate(results: Iterable[tuple[Frame, Detections]], dataroot: str | Path, out_dir: str
-             | Path, *, version: str = "v1.0-trainval", split: str = "val") -> EvalResult:
+             | Path, *, version: str = "v1.0-trainval", split: str = "val",
+             run: Callable[[], dict[str, Any]] | None = None) -> EvalResult:
     """Convert (frame, detections) pairs into a submission, score it, write both.
 
     Writes ``out_dir/results_nusc.json`` (the submission, global frame) and
     ``out_dir/metrics.json`` (``EvalResult.to_dict``). Frames need their ``token`` (a sample of
-    ``split``) and their calibration, which places the boxes in the global frame.
+    ``split``) and their calibration, which places the boxes in the global frame. ``run`` is
+    called once ``results`` is exhausted; what it returns (which frames failed and why) is
+    stored in the metrics as ``run``.
     """
     out = Path(out_dir)
     submission = {}
@@ -244,6 +248,8 @@ def evaluate(results: Iterable[tuple[Frame, Detections]], dataroot: str | Path, 
         submission[frame.token] = detections_to_nuscenes(dets, frame.calib, frame.token)
     path = write_submission(out / SUBMISSION_NAME, submission)
     result = evaluate_submission(path, dataroot, version=version, split=split)
+    if run is not None:
+        result.run = run()
     result.write_json(out / METRICS_NAME)
     return result
 

@@ -5,6 +5,7 @@
 ``depth_map``  points → (N, 1, H, W) sparse camera depth (latest point in order wins a pixel)
 ``geometry``   calibration → ``BevPoolPlan`` (frustum points sorted by BEV cell, intervals)
 ``bev_pool``   depth weights × NHWC features pooled per plan interval → (1, C·nz, nx, ny)
+``in_range``   points → the points strictly inside the point-cloud range, in order
 ``voxelize``   points → voxel means, (x, y, z) coordinates, counts (first-appearance order)
 ``decode``     head outputs → boxes in the bevdeploy convention, scores, labels
 =============  ===========================================================================
@@ -13,11 +14,12 @@ All arrays are numpy. These are the CPU implementations (``kernels.cpu``); a CUD
 implementation of each will sit beside them with the same signature, and parity tests hold
 both to the PyTorch reference. ``bev_pool`` takes an optional ``out=`` buffer, which a
 pipeline should reuse: at nuScenes shapes a fresh output is 41 MB of new pages per frame. ``frustum`` exposes the frustum the geometry places, so that
-parity tools can compare it with the reference's.
+parity tools can compare it with the reference's. Every compiled kernel releases the GIL
+(numba ``nogil``), so the pipeline's concurrent schedules overlap them with Python threads.
 """
 
 from bevdeploy.runtime.kernels.cpu import (BevPoolPlan, bev_pool, decode, depth_map, frustum,
-                                           geometry, normalize, voxelize)
+                                           geometry, in_range, normalize, voxelize)
 
-__all__ = ["BevPoolPlan", "bev_pool", "decode", "depth_map", "frustum", "geometry", "normalize",
-           "voxelize"]
+__all__ = ["BevPoolPlan", "bev_pool", "decode", "depth_map", "frustum", "geometry", "in_range",
+           "normalize", "voxelize"]

@@ -70,10 +70,8 @@ class VoxelizeStage:
         (NVIDIA's runtime silently drops the tail, spec/deploy.md §5.3): the bound sizes the
         device buffers, and a clipped cloud would quietly lose whatever sweep came last.
         """
-        pts = np.ascontiguousarray(points, dtype=np.float32)
         r = self.params.point_cloud_range
-        xyz = pts[:, :3]
-        kept = pts[np.all((xyz > r[:3]) & (xyz < r[3:]), axis=1)]
+        kept = kernels.in_range(points, r[:3], r[3:])
         if kept.shape[0] > self.params.max_points:
             raise InputError(f"{kept.shape[0]:,} points in range exceed the package's bound of "
                              f"{self.params.max_points:,} (points.max_points); re-export with a "

@@ -10,7 +10,7 @@ from bevdeploy.runtime.kernels.cpu.decode import decode
 from bevdeploy.runtime.kernels.cpu.depth import depth_map
 from bevdeploy.runtime.kernels.cpu.geometry import BevPoolPlan, frustum, geometry
 from bevdeploy.runtime.kernels.cpu.normalize import normalize
-from bevdeploy.runtime.kernels.cpu.voxelize import voxelize
+from bevdeploy.runtime.kernels.cpu.voxelize import in_range, voxelize
 
-__all__ = ["BevPoolPlan", "bev_pool", "decode", "depth_map", "frustum", "geometry", "normalize",
-           "voxelize"]
+__all__ = ["BevPoolPlan", "bev_pool", "decode", "depth_map", "frustum", "geometry", "in_range",
+           "normalize", "voxelize"]

@@ -30,7 +30,7 @@ _TILE = 64  # cells per tile: the 64 × C accumulator is 20 KB at C = 80
 _CHUNKS_PER_THREAD = 4
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _bev_pool(depth: np.ndarray, feats: np.ndarray, indices: np.ndarray, starts: np.ndarray,
               ends: np.ndarray, cells: np.ndarray, tile_first: np.ndarray, chunks: np.ndarray,
               per_camera: int, pixels: int, channels: int, plane: int, tiles_per_plane: int,

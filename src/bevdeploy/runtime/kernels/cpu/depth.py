@@ -31,7 +31,7 @@ _MIN_DEPTH = 1e-5
 _MAX_DEPTH = 1e5
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _depth_map(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, lidar2image: np.ndarray,
                img_aug: np.ndarray, height: int, width: int, out: np.ndarray) -> None:
     num_points = xs.shape[0]

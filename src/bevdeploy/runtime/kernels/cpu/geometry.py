@@ -111,7 +111,7 @@ def frustum(image_size: tuple[int, int], feature_size: tuple[int, int],
     return out
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _frustum_cells(points: np.ndarray, aug_inv: np.ndarray, aug_t: np.ndarray,
                    cam_rot: np.ndarray, cam_t: np.ndarray, lidar_rot: np.ndarray,
                    lidar_t: np.ndarray, lower: np.ndarray, step: np.ndarray,
@@ -153,7 +153,7 @@ def _frustum_cells(points: np.ndarray, aug_inv: np.ndarray, aug_t: np.ndarray,
     return cells
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _group_by_cell(cells: np.ndarray, num_cells: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Counting sort of the kept points by cell, stable (frustum order inside a cell): the

@@ -23,7 +23,7 @@ from bevdeploy.runtime.kernels.cpu._checks import as_array, finite, positive_int
 _KERNEL = "normalize"
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray) -> None:
     num_cameras, height, width, _ = images.shape
     for t in numba.prange(num_cameras * height):

@@ -102,7 +102,7 @@ def _rank(occupancy: np.ndarray, base: np.ndarray, word: int, z: int) -> int:
     return base[word] + _popcount(bits & ((_ONE << bit) - _ONE))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ranks(occupancy: np.ndarray) -> tuple[np.ndarray, int]:
     """Exclusive prefix count of active sites per word, and the total."""
     base = np.empty(occupancy.shape[0], np.int32)
@@ -114,7 +114,7 @@ def _ranks(occupancy: np.ndarray) -> tuple[np.ndarray, int]:
     return base, total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _site_occupancy(coords: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, int]:
     """Occupancy words of ``coords`` (M, 3), and the first row repeating a site (or −1)."""
     words = _column_words(shape)
@@ -129,7 +129,7 @@ def _site_occupancy(coords: np.ndarray, shape: np.ndarray) -> tuple[np.ndarray, 
     return occupancy, duplicate
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _site_ranks(coords: np.ndarray, shape: np.ndarray, occupancy: np.ndarray,
                 base: np.ndarray) -> np.ndarray:
     words = _column_words(shape)
@@ -140,7 +140,7 @@ def _site_ranks(coords: np.ndarray, shape: np.ndarray, occupancy: np.ndarray,
     return ranks
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _site_coords(occupancy: np.ndarray, base: np.ndarray, shape: np.ndarray,
                  total: int) -> np.ndarray:
     """The active sites ``(total, 3)`` int32 in rank order."""
@@ -229,7 +229,7 @@ class Rulebook:
         return int(self.pair_counts.sum())
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _subm_neighbours(coords: np.ndarray, shape: np.ndarray, kernel: np.ndarray,
                      dilation: np.ndarray, occupancy: np.ndarray, base: np.ndarray,
                      row_of_rank: np.ndarray, symmetric: bool) -> np.ndarray:
@@ -293,7 +293,7 @@ def _axis_target(coord: int, k: int, stride: int, padding: int, dilation: int, s
     return t // stride
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _strided_occupancy(coords: np.ndarray, out_shape: np.ndarray, kernel: np.ndarray,
                        stride: np.ndarray, padding: np.ndarray, dilation: np.ndarray
                        ) -> np.ndarray:
@@ -319,7 +319,7 @@ def _strided_occupancy(coords: np.ndarray, out_shape: np.ndarray, kernel: np.nda
     return occupancy
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _strided_neighbours(coords: np.ndarray, out_shape: np.ndarray, kernel: np.ndarray,
                         stride: np.ndarray, padding: np.ndarray, dilation: np.ndarray,
                         occupancy: np.ndarray, base: np.ndarray, num_out: int) -> np.ndarray:
@@ -367,7 +367,7 @@ def strided_rulebook(coords: np.ndarray, out_spatial_shape: Sequence[int],
 # --------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _conv(feats: np.ndarray, weight: np.ndarray, bias: np.ndarray, neighbours: np.ndarray,
           centre: int, residual: np.ndarray, has_residual: bool, relu: bool,
           block_rows: int) -> np.ndarray:

@@ -31,7 +31,7 @@ _DROPPED = -1  # a dropped point's key; an empty table slot; a voxel past the ca
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _voxel_keys(points: np.ndarray, voxel_size: np.ndarray, range_min: np.ndarray,
                 grid: np.ndarray) -> np.ndarray:
     """Flat voxel key ``(x·Y + y)·Z + z`` of every point, −1 for a dropped point.
@@ -58,7 +58,7 @@ def _voxel_keys(points: np.ndarray, voxel_size: np.ndarray, range_min: np.ndarra
     return keys
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _voxelize(points: np.ndarray, keys: np.ndarray, grid: np.ndarray, max_points: int,
               max_voxels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     num_points, num_features = points.shape
@@ -71,7 +71,9 @@ def _voxelize(points: np.ndarray, keys: np.ndarray, grid: np.ndarray, max_points
     # one entry = (key, voxel id) side by side: a probe touches a single cache line
     table = np.full((1 << bits, 2), _DROPPED, dtype=np.int64)
 
-    sums = np.zeros((capacity, num_features), dtype=np.float32)
+    # float64 sums: ten float32 features near their maximum (a glitching intensity channel)
+    # would overflow a float32 sum to Inf; the mean of finite points must stay finite.
+    sums = np.zeros((capacity, num_features), dtype=np.float64)
     counts = np.zeros(capacity, dtype=np.int32)
     coords = np.empty((capacity, 3), dtype=np.int32)
     num_voxels = 0
@@ -98,10 +100,49 @@ def _voxelize(points: np.ndarray, keys: np.ndarray, grid: np.ndarray, max_points
 
     feats = np.empty((num_voxels, num_features), dtype=np.float32)
     for v in range(num_voxels):
-        n = np.float32(counts[v])
+        n = np.float64(counts[v])
         for f in range(num_features):
-            feats[v, f] = sums[v, f] / n
+            feats[v, f] = np.float32(sums[v, f] / n)
     return feats, coords[:num_voxels].copy(), counts[:num_voxels].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_range(points: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    n = points.shape[0]
+    keep = np.empty(n, dtype=np.bool_)
+    count = 0
+    for i in range(n):
+        inside = True
+        for axis in range(3):
+            v = points[i, axis]
+            if not (v > lower[axis] and v < upper[axis]):  # NaN is outside
+                inside = False
+                break
+        keep[i] = inside
+        count += inside
+    out = np.empty((count, points.shape[1]), dtype=np.float32)
+    j = 0
+    for i in range(n):
+        if keep[i]:
+            out[j] = points[i]
+            j += 1
+    return out
+
+
+def in_range(points: ArrayLike, range_min: ArrayLike, range_max: ArrayLike) -> np.ndarray:
+    """The points strictly inside ``(range_min, range_max)`` on x, y and z, in point order, as
+    a new contiguous (P', F) float32 array (the reference's ``filter_points``).
+
+    One compiled pass: numpy's ``all((xyz > lo) & (xyz < hi), axis=1)`` and boolean indexing
+    took 15–26 ms for a 110k-point tiny frame where this takes about 1 ms.
+    """
+    pts = as_array(points, _KERNEL, "points", np.float32, (None, None))
+    if pts.shape[1] < 3:
+        raise InputError(f"expected (P, F >= 3) points, got {pts.shape}", path=source(_KERNEL),
+                         field="points")
+    low = as_array(range_min, _KERNEL, "range_min", np.float32, (3,))
+    high = as_array(range_max, _KERNEL, "range_max", np.float32, (3,))
+    return _in_range(pts, low, high)
 
 
 def voxelize(points: ArrayLike, voxel_size: ArrayLike, range_min: ArrayLike,
