@@ -113,7 +113,10 @@ def test_sigint_ends_infer_with_130_no_traceback_and_flushed_results(tiny_packag
     proc = subprocess.Popen(
         [sys.executable, "-m", "bevdeploy.cli", "infer", "--package", str(tiny_package),
          "--data", str(synthetic_world), "--split", "all", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell that starts jobs in the background hands them SIGINT ignored; Ctrl-C is what
+        # is under test, so the child gets the default disposition back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = []
         for line in proc.stderr:  # one line per frame when stderr is not a terminal
@@ -139,8 +142,17 @@ def test_sigint_ends_infer_with_130_no_traceback_and_flushed_results(tiny_packag
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: ``interrupt_main`` does nothing while SIGINT is
+    ignored, as it is for a job a non-interactive shell starts in the background."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_interrupt_in_process_leaves_no_threads_and_flushes(tiny_package, synthetic_world,
-                                                            tmp_path, monkeypatch):
+                                                            tmp_path, monkeypatch, python_sigint):
     """Ctrl-C delivered to the main thread (``_thread.interrupt_main``, what SIGINT does) as the
     second frame starts: exit 130, the first frame written, no new non-daemon thread alive."""
     calls = []
