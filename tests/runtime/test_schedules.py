@@ -12,7 +12,10 @@ summed in a different order.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 
@@ -159,3 +162,16 @@ def test_every_kernel_releases_the_gil():
     assert len(dispatchers) >= 12
     holding = [f"{m}.{n}" for m, n, d in dispatchers if not d.targetoptions.get("nogil")]
     assert holding == []
+
+
+@pytest.mark.parametrize("exported, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_chose(exported, expected):
+    """numba's OpenMP layer reads the policy when it loads; importing the kernels sets the
+    default (see kernels/cpu/__init__.py) without overriding what the user exported."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if exported is not None:
+        env["OMP_WAIT_POLICY"] = exported
+    done = subprocess.run([sys.executable, "-c", "import os, bevdeploy.runtime.kernels; "
+                           "print(os.environ['OMP_WAIT_POLICY'])"], env=env, check=True,
+                          capture_output=True, text=True)
+    assert done.stdout.strip() == expected
