@@ -61,10 +61,29 @@ def normalize(images: ArrayLike, resize: float, resized_size: tuple[int, int],
                          field="images")
     imgs = as_array(raw_images, _KERNEL, "images", np.uint8, (None, None, None, 3))
     raw = imgs.shape[1:3]
+    rh, rw, h, w, top, left, mean32, std32 = check_normalize_params(
+        raw[0], raw[1], resize, resized_size, crop_offset, image_size, mean, std)
+
+    n = imgs.shape[0]
+    with ThreadPoolExecutor(max_workers=max(1, min(n, numba.get_num_threads()))) as pool:
+        crops = list(pool.map(lambda img: _resize_crop(img, (rh, rw), (top, left), (h, w)),
+                              imgs))
+    out = np.empty((1, n, 3, h, w), dtype=np.float32)
+    if n:
+        _normalize(np.stack(crops), mean32, std32, out)
+    return out
+
+
+def check_normalize_params(raw_h: int, raw_w: int, resize: float, resized_size: tuple[int, int],
+                           crop_offset: tuple[int, int], image_size: tuple[int, int],
+                           mean: ArrayLike, std: ArrayLike
+                           ) -> tuple[int, int, int, int, int, int, np.ndarray, np.ndarray]:
+    """The resize/crop/statistics checks both normalize kernels (CPU and CUDA) make, in one
+    place: returns ``rh, rw, h, w, top, left, mean32, std32``."""
     rh, rw = positive_ints(resized_size, 2, _KERNEL, "resized_size")
-    if (int(raw[0] * resize), int(raw[1] * resize)) != (rh, rw):
-        raise InputError(f"images are {raw} (H, W); resizing by {resize} gives "
-                         f"{(int(raw[0] * resize), int(raw[1] * resize))}, not the expected "
+    if (int(raw_h * resize), int(raw_w * resize)) != (rh, rw):
+        raise InputError(f"images are {(raw_h, raw_w)} (H, W); resizing by {resize} gives "
+                         f"{(int(raw_h * resize), int(raw_w * resize))}, not the expected "
                          f"{(rh, rw)}: the camera images do not have the package's raw size",
                          path=source(_KERNEL), field="images")
     h, w = positive_ints(image_size, 2, _KERNEL, "image_size")
@@ -77,12 +96,4 @@ def normalize(images: ArrayLike, resize: float, resized_size: tuple[int, int],
     if np.any(std32 <= 0):
         raise InputError(f"std must be positive, got {std32.tolist()}", path=source(_KERNEL),
                          field="std")
-
-    n = imgs.shape[0]
-    with ThreadPoolExecutor(max_workers=max(1, min(n, numba.get_num_threads()))) as pool:
-        crops = list(pool.map(lambda img: _resize_crop(img, (rh, rw), (top, left), (h, w)),
-                              imgs))
-    out = np.empty((1, n, 3, h, w), dtype=np.float32)
-    if n:
-        _normalize(np.stack(crops), mean32, std32, out)
-    return out
+    return rh, rw, h, w, top, left, mean32, std32

@@ -32,8 +32,7 @@ import triton
 import triton.language as tl
 from numpy.typing import ArrayLike
 
-from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, finite, positive_ints, source
+from bevdeploy.runtime.kernels.cpu.normalize import check_normalize_params
 from bevdeploy.runtime.kernels.cuda._launch import (device_tensor, kernel, lanes, sum_combine,
                                                     upload)
 
@@ -153,22 +152,8 @@ def normalize(images: torch.Tensor, resize: float, resized_size: tuple[int, int]
     """
     imgs = device_tensor(images, _KERNEL, "images", (torch.uint8,), (None, None, None, 3))
     n, raw_h, raw_w, _ = imgs.shape
-    rh, rw = positive_ints(resized_size, 2, _KERNEL, "resized_size")
-    if (int(raw_h * resize), int(raw_w * resize)) != (rh, rw):
-        raise InputError(f"images are {(raw_h, raw_w)} (H, W); resizing by {resize} gives "
-                         f"{(int(raw_h * resize), int(raw_w * resize))}, not the expected "
-                         f"{(rh, rw)}: the camera images do not have the package's raw size",
-                         path=source(_KERNEL), field="images")
-    h, w = positive_ints(image_size, 2, _KERNEL, "image_size")
-    top, left = (int(v) for v in crop_offset)
-    if top < 0 or left < 0 or top + h > rh or left + w > rw:
-        raise InputError(f"crop {image_size} at {crop_offset} does not fit in the resized "
-                         f"{(rh, rw)} image", path=source(_KERNEL), field="crop_offset")
-    mean32 = finite(as_array(mean, _KERNEL, "mean", np.float32, (3,)), _KERNEL, "mean")
-    std32 = finite(as_array(std, _KERNEL, "std", np.float32, (3,)), _KERNEL, "std")
-    if np.any(std32 <= 0):
-        raise InputError(f"std must be positive, got {std32.tolist()}", path=source(_KERNEL),
-                         field="std")
+    rh, rw, h, w, top, left, mean32, std32 = check_normalize_params(
+        raw_h, raw_w, resize, resized_size, crop_offset, image_size, mean, std)
 
     device = imgs.device
     out = torch.empty((1, n, 3, h, w), dtype=torch.float32, device=device)
