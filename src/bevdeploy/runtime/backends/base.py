@@ -73,6 +73,34 @@ class Runner(Protocol):
         ...
 
 
+class ModuleRunner:
+    """The state every concrete ``Runner`` shares: the module's name, its file, the manifest's
+    I/O specs and the time of the last call (kept here so the three backends report alike)."""
+
+    def __init__(self, name: str, path: Path, inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[TensorSpec, ...]) -> None:
+        self.name = name
+        self.path = path
+        self._inputs = inputs
+        self._outputs = outputs
+        self._last_time_s = 0.0
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    @property
+    def last_time_s(self) -> float:
+        """Seconds of the last ``run`` inside the backend (input checks excluded; a GPU
+        runner's ``run`` includes its copies and synchronises); after a GPU runner's
+        ``run_device``, only the time to enqueue the work."""
+        return self._last_time_s
+
+
 def check_feeds(module: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, np.ndarray],
                 *, source: str | Path) -> dict[str, np.ndarray]:
     """Check ``feeds`` against ``specs`` and return them C-contiguous, in spec order.

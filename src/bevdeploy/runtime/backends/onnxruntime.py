@@ -30,7 +30,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
-from bevdeploy.runtime.backends.base import RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
 
 PROVIDERS = ("CPUExecutionProvider",)
 
@@ -67,18 +67,14 @@ def session_options(options: RunnerOptions) -> ort.SessionOptions:
     return so
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(ModuleRunner):
     """A ``Runner`` over one ``onnxruntime.InferenceSession`` (CPU execution provider)."""
 
     def __init__(self, name: str, path: Path, session: ort.InferenceSession,
                  inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
-        self.name = name
-        self.path = path
+        super().__init__(name, path, inputs, outputs)
         self.session = session
-        self._inputs = inputs
-        self._outputs = outputs
         self._output_names = [spec.name for spec in outputs]
-        self._last_time_s = 0.0
 
     @classmethod
     def load(cls, path: Path, entry: ModuleEntry, options: RunnerOptions) -> "OnnxRuntimeRunner":
@@ -93,17 +89,6 @@ class OnnxRuntimeRunner:
         _check_io(entry, "outputs", session.get_outputs(), path)
         return cls(entry.name, path, session, entry.inputs, entry.outputs)
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def last_time_s(self) -> float:
-        return self._last_time_s
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = check_feeds(self.name, self._inputs, feeds, source=self.path)

@@ -26,7 +26,7 @@ import numpy as np
 
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.package import EngineEntry, ModuleEntry, TensorSpec
-from bevdeploy.runtime.backends.base import RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
 from bevdeploy.runtime.backends.gpu import (CapturedGraph, GpuOptions, gpu_identity,
                                             import_torch, numpy_dtype, resolve_device)
 
@@ -85,21 +85,17 @@ def read_engine(root: Path, entry: ModuleEntry, engine: EngineEntry) -> bytes:
     return data
 
 
-class TensorRTRunner:
+class TensorRTRunner(ModuleRunner):
     """A ``Runner`` over one deserialized engine with static device I/O buffers."""
 
     def __init__(self, name: str, path: Path, engine: Any, context: Any,
                  entry: ModuleEntry, inputs: dict[str, "torch.Tensor"],
                  outputs: dict[str, "torch.Tensor"], cuda_graph: bool) -> None:
-        self.name = name
-        self.path = path
+        super().__init__(name, path, entry.inputs, entry.outputs)
         self.engine = engine
         self.context = context
-        self._inputs = entry.inputs
-        self._outputs = entry.outputs
         self._in = inputs
         self._out = outputs
-        self._last_time_s = 0.0
         self._graph = CapturedGraph(self._execute, inputs) if cuda_graph else None
 
     @classmethod
@@ -131,19 +127,6 @@ class TensorRTRunner:
             return cls(entry.name, path, engine, context, entry, inputs, outputs,
                        opts.cuda_graph)
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def last_time_s(self) -> float:
-        """``run``: copies in, execution and copies out (synchronising); ``run_device``: the
-        time to enqueue."""
-        return self._last_time_s
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

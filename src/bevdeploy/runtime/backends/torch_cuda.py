@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from bevdeploy.errors import PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
-from bevdeploy.runtime.backends.base import RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
 from bevdeploy.runtime.backends.gpu import (CapturedGraph, GpuOptions, float_dtype,
                                             resolve_device, static_buffers)
 from bevdeploy.runtime.backends.onnx_torch import convert
@@ -40,21 +40,17 @@ _ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FL
                "int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64}
 
 
-class TorchCudaRunner:
+class TorchCudaRunner(ModuleRunner):
     """A ``Runner`` over one converted module on one torch device."""
 
     def __init__(self, name: str, path: Path, module: torch.nn.Module, entry: ModuleEntry,
                  options: GpuOptions, device: torch.device) -> None:
-        self.name = name
-        self.path = path
+        super().__init__(name, path, entry.inputs, entry.outputs)
         self.module = module
         self.options = options
         self.device = device
         self.dtype = float_dtype(options.precision)
-        self._inputs = entry.inputs
-        self._outputs = entry.outputs
         self._output_names = [spec.name for spec in entry.outputs]
-        self._last_time_s = 0.0
         self._graph: CapturedGraph | None = None
 
     @classmethod
@@ -81,19 +77,6 @@ class TorchCudaRunner:
                                    channels_last=opts.channels_last, module=entry.name))
         return runner
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def last_time_s(self) -> float:
-        """Seconds of the last call: for ``run`` host→device copies, compute and device→host
-        copies (it synchronises); for ``run_device`` only the time to enqueue the work."""
-        return self._last_time_s
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = check_feeds(self.name, self._inputs, feeds, source=self.path)
