@@ -7,14 +7,28 @@ their last two path components, e.g. ``/backbone/layer2/layer2.0`` for a ResNet 
 as the full quantization, and the module's outputs are compared with the FP32 module on the
 calibration feeds. Groups are ranked by their worst output cosine; the ``exclude`` column is the
 pattern that keeps a group in float (``bevdeploy optimize --exclude``).
+
+A cosine says how far a module's tensors move, not whether the detector gets worse: a block
+that shifts the fused map's scale a little may cost no box, one that blurs the heatmap's peaks
+may cost many. So, on request (``--sensitivity-map``), each group is also scored where it
+matters: the whole FP32 package runs through the runtime's own ``Pipeline`` with only that
+module's runner swapped for the probe (the module with only this group quantized), over the
+frames of a small evaluation split, and nuscenes-devkit's ``DetectionEval`` scores the
+detections (``MapProbe``). The FP32 package and the package with every INT8 module fully
+quantized are scored once each on the same frames, so each group's mAP drop is measured against
+the same baseline; the ranking then puts the largest drop first (cosine breaks ties, which are
+common on a few frames). The frames must not be calibration frames: INT8 ranges fitted to a
+frame flatter its score.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -23,16 +37,23 @@ import onnxruntime as ort
 from onnxruntime.quantization import TensorsData
 from rich.table import Table
 
-from bevdeploy.optimize.calibrate import Feeds
+from bevdeploy.data.frame import Frame
+from bevdeploy.errors import ConfigError
+from bevdeploy.optimize.calibrate import Feeds, frame_indices
 from bevdeploy.optimize.graph import weighted_nodes
 from bevdeploy.optimize.int8 import Int8Options, quantize
+from bevdeploy.package import DeployPackage
+from bevdeploy.runtime import Pipeline
+from bevdeploy.runtime.backends.base import RunnerOptions
+from bevdeploy.runtime.backends.onnxruntime import PROVIDERS, OnnxRuntimeRunner, session_options
 
 Granularity = Literal["layer", "block"]
 
 
 @dataclass(frozen=True)
 class GroupSensitivity:
-    """One group quantized alone: its worst output cosine and scale-relative max error."""
+    """One group quantized alone: its worst output cosine and scale-relative max error, and
+    (when measured) the detector's mAP with it and the drop from the FP32 mAP."""
 
     module: str
     group: str
@@ -40,6 +61,8 @@ class GroupSensitivity:
     cosine: float
     rel_max_abs: float
     exclude: tuple[str, ...]  # the ``--exclude`` patterns that keep exactly this group in float
+    map: float | None = None  # devkit mAP on the evaluation frames; None: not measured
+    map_drop: float | None = None  # FP32 mAP - ``map`` (positive: the group costs accuracy)
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,9 @@ class SensitivityReport:
     frames: int
     full: Mapping[str, float]  # module → worst output cosine with all of its layers quantized
     groups: tuple[GroupSensitivity, ...]  # worst first
+    fp32_map: float | None = None  # the source package on the evaluation frames
+    int8_map: float | None = None  # every INT8 module as written (exclusions kept float)
+    evaluation: Mapping[str, Any] | None = None  # which frames were scored (``EvalFrames``)
 
     def worst(self, k: int) -> list[str]:
         """Exclusion patterns of the ``k`` groups that hurt most."""
@@ -55,23 +81,127 @@ class SensitivityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"granularity": self.granularity, "frames": self.frames, "full": dict(self.full),
+                "ranked_by": self.ranked_by, "fp32_map": self.fp32_map,
+                "int8_map": self.int8_map, "evaluation": self.evaluation,
                 "groups": [asdict(g) for g in self.groups]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
+    @property
+    def ranked_by(self) -> str:
+        return "cosine" if self.fp32_map is None else "map_drop, cosine"
+
     def table(self, top: int | None = None) -> Table:
         full = ", ".join(f"{m} {c:.5f}" for m, c in self.full.items())
-        table = Table(title=f"INT8 sensitivity ({self.granularity}s quantized one at a time, "
-                            f"{self.frames} calibration frames; all quantized: {full})")
-        for col, justify in (("rank", "right"), ("module", "left"), ("group", "left"),
-                             ("layers", "right"), ("cosine", "right"), ("max-abs/scale", "right"),
-                             ("exclude with", "left")):
+        order = f"{self.granularity}s quantized one at a time, {self.frames} calibration frames"
+        if self.fp32_map is None:
+            order += "; ranked by cosine"
+        else:
+            on = "" if self.evaluation is None else \
+                f" on {self.evaluation['frames']} {self.evaluation['split']} frames"
+            order += (f"; ranked by mAP drop{on}, then cosine; mAP FP32 {self.fp32_map:.4f}, "
+                      f"all INT8 {_fmt(self.int8_map, '.4f')}")
+        table = Table(title=f"INT8 sensitivity ({order}; all quantized cosine: {full})")
+        columns = [("rank", "right"), ("module", "left"), ("group", "left"),
+                   ("layers", "right"), ("cosine", "right"), ("max-abs/scale", "right")]
+        if self.fp32_map is not None:
+            columns += [("mAP", "right"), ("mAP drop", "right")]
+        for col, justify in (*columns, ("exclude with", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for rank, g in enumerate(self.groups[:top], start=1):
+            scored = () if self.fp32_map is None else (_fmt(g.map, ".4f"), _fmt(g.map_drop, "+.4f"))
             table.add_row(str(rank), g.module, g.group, str(len(g.nodes)), f"{g.cosine:.6f}",
-                          f"{g.rel_max_abs:.2e}", " ".join(g.exclude))
+                          f"{g.rel_max_abs:.2e}", *scored, " ".join(g.exclude))
         return table
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@dataclass(frozen=True)
+class EvalSource:
+    """Where the mAP probes' frames come from: ``frames`` frames spread over ``split`` of a
+    nuScenes-format dataset (``data`` / ``version`` ``None``: the calibration dataset's)."""
+
+    data: Path | None = None
+    frames: int = 8
+    version: str | None = None
+    split: str = "mini_val"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"must be >= 1, got {self.frames}", field="sensitivity_frames")
+
+
+@dataclass(frozen=True)
+class EvalFrames:
+    """The evaluation frames, loaded once and scored for every probe."""
+
+    frames: tuple[Frame, ...]
+    data: Path
+    version: str
+    split: str
+
+    def describe(self) -> dict[str, Any]:
+        """The report's record of what was scored."""
+        return {"dataset": str(self.data), "version": self.version, "split": self.split,
+                "frames": len(self.frames), "sample_tokens": [f.token for f in self.frames]}
+
+
+def eval_frames(package: DeployPackage, data: Path, *, version: str, split: str, frames: int,
+                calibrated: Collection[str]) -> EvalFrames:
+    """Load ``frames`` frames spread over ``split``; refuse any that calibrated the ranges."""
+    from bevdeploy.data.nuscenes import NuScenesLoader
+
+    loader = NuScenesLoader(data, version=version, split=split, preset=package.preset)
+    shared = sorted(set(loader.sample_tokens) & set(calibrated))
+    if shared:
+        raise ConfigError(f"split {split!r} shares {len(shared)} sample(s) with the calibration "
+                          f"frames (e.g. {shared[0]}); INT8 ranges fitted to a frame flatter its "
+                          f"score: evaluate on another split", path=data,
+                          field="sensitivity_split")
+    chosen = tuple(loader[i] for i in frame_indices(len(loader), frames))
+    return EvalFrames(chosen, Path(data), version, split)
+
+
+class MapProbe:
+    """The FP32 package's pipeline, scored by the devkit on fixed frames, with chosen modules'
+    runners swapped for in-memory models: the mAP of the whole detector with only those
+    modules changed. One pipeline serves every probe (its geometry cache and the SCN executor
+    are built once); a swap lasts for one ``score``."""
+
+    def __init__(self, package: DeployPackage, frames: EvalFrames, *,
+                 threads: int | None = None) -> None:
+        self.pipeline = Pipeline(package, threads=threads)
+        self.frames = frames
+        self._options = RunnerOptions(threads=threads)
+        self.fp32_map = self.score({})
+
+    def score(self, swaps: Mapping[str, onnx.ModelProto]) -> float:
+        """Devkit mAP (all ten classes, ``DetectionEval``) with ``swaps`` in place."""
+        from bevdeploy.eval.nuscenes_eval import evaluate  # eval sits above optimize
+
+        runners = self.pipeline.runners
+        kept = {name: runners[name] for name in swaps}
+        try:
+            for name, model in swaps.items():
+                runners[name] = self._runner(name, model)
+            results = [(frame, self.pipeline.run(frame)) for frame in self.frames.frames]
+        finally:
+            runners.update(kept)
+        with tempfile.TemporaryDirectory(prefix="bevdeploy-sensitivity-") as tmp:
+            return evaluate(results, self.frames.data, tmp, version=self.frames.version,
+                            split=self.frames.split).mean_ap
+
+    def _runner(self, name: str, model: onnx.ModelProto) -> OnnxRuntimeRunner:
+        pkg = self.pipeline.package
+        entry = pkg.module(name)
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       sess_options=session_options(self._options),
+                                       providers=list(PROVIDERS))
+        return OnnxRuntimeRunner(name, pkg.path(name), session, entry.inputs, entry.outputs)
 
 
 def layer_groups(model: onnx.ModelProto, granularity: Granularity,
@@ -113,19 +243,24 @@ def run_all(model: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[list[np.ndar
 
 def module_sensitivity(module: str, model: onnx.ModelProto, ranges: TensorsData,
                        feeds: Sequence[Feeds], options: Int8Options, *,
-                       granularity: Granularity, exclude: Sequence[str] = ()
-                       ) -> tuple[float, list[GroupSensitivity]]:
-    """(worst cosine fully quantized, per-group results) for one module."""
+                       granularity: Granularity, exclude: Sequence[str] = (),
+                       probe: MapProbe | None = None) -> tuple[float, list[GroupSensitivity]]:
+    """(worst cosine fully quantized, per-group results) for one module; with ``probe``, each
+    group's mAP too."""
     reference = run_all(model, feeds)
     full = quantize(model, ranges, options, exclude=exclude)
     full_cos, _ = output_agreement(reference, run_all(full, feeds))
     weighted = [n.name for n in weighted_nodes(model)]
     results = []
     for group, nodes in layer_groups(model, granularity, skip=exclude).items():
-        probe = quantize(model, ranges, options, only=nodes)
-        cosine, rel = output_agreement(reference, run_all(probe, feeds))
+        quantized = quantize(model, ranges, options, only=nodes)
+        cosine, rel = output_agreement(reference, run_all(quantized, feeds))
+        score = drop = None
+        if probe is not None:
+            score = probe.score({module: quantized})
+            drop = probe.fp32_map - score
         results.append(GroupSensitivity(module, group, tuple(nodes), cosine, rel,
-                                        _patterns(module, group, nodes, weighted)))
+                                        _patterns(module, group, nodes, weighted), score, drop))
     return full_cos, results
 
 
@@ -141,7 +276,14 @@ def _patterns(module: str, group: str, nodes: Sequence[str], weighted: Sequence[
 
 
 def rank(granularity: Granularity, frames: int, full: Mapping[str, float],
-         groups: Sequence[GroupSensitivity]) -> SensitivityReport:
-    """Order the groups worst first (NaN, i.e. overflow, before any finite cosine)."""
-    ordered = sorted(groups, key=lambda g: (not np.isnan(g.cosine), g.cosine, -g.rel_max_abs))
-    return SensitivityReport(granularity, frames, dict(full), tuple(ordered))
+         groups: Sequence[GroupSensitivity], *, fp32_map: float | None = None,
+         int8_map: float | None = None, evaluation: Mapping[str, Any] | None = None
+         ) -> SensitivityReport:
+    """Order the groups worst first: NaN (overflow) before any finite cosine, then the largest
+    mAP drop (where measured), then the lowest cosine."""
+    def key(g: GroupSensitivity) -> tuple[bool, float, float, float]:
+        drop = 0.0 if g.map_drop is None else g.map_drop
+        return not np.isnan(g.cosine), -drop, g.cosine, -g.rel_max_abs
+
+    return SensitivityReport(granularity, frames, dict(full), tuple(sorted(groups, key=key)),
+                             fp32_map, int8_map, evaluation)

@@ -45,7 +45,8 @@ from bevdeploy.optimize.int8 import (
     INT8_MODULES, Int8Options, calibrate, check_patterns_used, excluded_nodes, quantize,
 )
 from bevdeploy.optimize.sensitivity import (
-    Granularity, SensitivityReport, module_sensitivity, rank,
+    EvalFrames, EvalSource, Granularity, MapProbe, SensitivityReport, eval_frames,
+    module_sensitivity, rank,
 )
 from bevdeploy.optimize.simplify import simplify as slim
 from bevdeploy.package import MANIFEST_NAME, DeployPackage, load_package, sha256_file
@@ -74,6 +75,8 @@ class OptimizeOptions:
     int8: Int8Options | None = None
     calib: CalibrationSource | None = None
     sensitivity: Granularity | None = None
+    sensitivity_map: EvalSource | None = None  # also score each group's mAP on these frames
+    sensitivity_modules: tuple[str, ...] = INT8_MODULES  # the modules whose groups are probed
     threads: int | None = None
 
     def check(self) -> None:
@@ -85,6 +88,13 @@ class OptimizeOptions:
         if self.sensitivity is not None and self.int8 is None:
             raise ConfigError("the sensitivity report ranks INT8 layers: give --int8",
                               field="sensitivity")
+        if self.sensitivity_map is not None and self.sensitivity is None:
+            raise ConfigError("--sensitivity-map scores the groups of the sensitivity report: "
+                              "give --sensitivity too", field="sensitivity_map")
+        unknown = sorted(set(self.sensitivity_modules) - set(INT8_MODULES))
+        if unknown:
+            raise ConfigError(f"{unknown} are not quantized; choose from {list(INT8_MODULES)}",
+                              field="sensitivity_modules")
 
 
 @dataclass(frozen=True)
@@ -142,9 +152,14 @@ def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions
         c = options.calib
         calib = calibration_set(pkg, c.data, DENSE_MODULES, frames=c.frames, version=c.version,
                                 split=c.split, threads=options.threads)
+    evaluation = None  # the --sensitivity-map frames, loaded (and checked) before the work
+    if options.sensitivity_map is not None and options.calib is not None and calib is not None:
+        e, c = options.sensitivity_map, options.calib
+        evaluation = eval_frames(pkg, e.data or c.data, version=e.version or c.version,
+                                 split=e.split, frames=e.frames, calibrated=calib.tokens)
     staging = staging_dir(out)
     try:
-        result = _build(pkg, staging, options, calib)
+        result = _build(pkg, staging, options, calib, evaluation)
         _check_out(pkg.root, out)  # again: it may have changed while we worked
         replace_dir(staging, out)
     except BaseException:
@@ -154,7 +169,7 @@ def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions
 
 
 def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
-           calib: CalibrationSet | None) -> OptimizeResult:
+           calib: CalibrationSet | None, evaluation: EvalFrames | None = None) -> OptimizeResult:
     modules = dict(pkg.manifest.modules)
     for entry in modules.values():
         shutil.copy2(pkg.root / entry.file, staging / entry.file)
@@ -173,6 +188,7 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
               for m in quantized} if int8 is not None and calib is not None else {}
 
     changes = []
+    int8_models: dict[str, onnx.ModelProto] = {}  # as written: the all-INT8 mAP's modules
     for name in DENSE_MODULES:
         entry = modules[name]
         before = onnx.load(str(pkg.path(name)))
@@ -185,6 +201,7 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
                                                    exclude=excluded[name]), "int8", pkg)
             passes.append("int8")
             precision, float_layers = "int8", tuple(excluded[name])
+            int8_models[name] = model
         elif options.fp16:
             model = _kept_io(name, model, to_fp16(model), "fp16", pkg)
             passes.append("fp16")
@@ -206,12 +223,18 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
     report = None
     if options.sensitivity is not None and int8 is not None and calib is not None:
         full, groups = {}, []
-        for m in quantized:
+        probe = None if evaluation is None else MapProbe(pkg, evaluation, threads=options.threads)
+        for m in [q for q in quantized if q in options.sensitivity_modules]:
             full[m], found = module_sensitivity(m, sources[m], ranges[m], calib.feeds[m], int8,
                                                 granularity=options.sensitivity,
-                                                exclude=excluded[m])
+                                                exclude=excluded[m], probe=probe)
             groups.extend(found)
-        report = rank(options.sensitivity, calib.frames, full, groups)
+        if probe is None:
+            report = rank(options.sensitivity, calib.frames, full, groups)
+        else:
+            report = rank(options.sensitivity, calib.frames, full, groups,
+                          fp32_map=probe.fp32_map, int8_map=probe.score(int8_models),
+                          evaluation=probe.frames.describe())
         (staging / SENSITIVITY_FILE).write_text(report.to_json(), encoding="utf-8")
 
     record = _record(pkg, options, calib, changes, excluded, report)
