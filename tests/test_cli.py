@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from bevdeploy.cli import app
@@ -39,3 +41,34 @@ def test_runtime_side_does_not_import_torch():
     code = ("import sys, bevdeploy.cli, bevdeploy.data, bevdeploy.presets, bevdeploy.data.preprocess;"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpu_config_is_refused_where_it_cannot_apply(tmp_path):
+    """Checked before the package, the dataset or a model is loaded (none exists here)."""
+    missing = str(tmp_path / "missing")
+    cases = [
+        (["infer", "--out", str(tmp_path / "o1"), "--package", missing, "--data", missing,
+          "--backend", "onnxruntime", "--gpu-config", "fp16"], "not 'onnxruntime'"),
+        (["eval", "--out", str(tmp_path / "o2"), "--data", missing, "--gpu-config", "graph"],
+         "not 'torch'"),
+        (["infer", "--out", str(tmp_path / "o3"), "--package", missing, "--data", missing,
+          "--backend", "tensorrt", "--gpu-config", "fp16+graph"], "drop ['fp16']"),
+        (["eval", "--out", str(tmp_path / "o4"), "--package", missing, "--data", missing,
+          "--backend", "torch-cuda", "--gpu-config", "fp16+bf16"], "the precisions"),
+    ]
+    for args, says in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "[--gpu-config]" in result.output and says in result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is usable here")
+def test_infer_on_a_gpu_backend_without_cuda_says_why(trained_tiny_package, synthetic_world,
+                                                      tmp_path):
+    result = runner.invoke(app, ["infer", "--out", str(tmp_path / "out"), "--package",
+                                 str(trained_tiny_package), "--data", str(synthetic_world),
+                                 "--backend", "torch-cuda", "--gpu-config", "fp16+streams"])
+    assert result.exit_code == 2, result.output
+    assert "needs CUDA: " in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "detections.json").exists()

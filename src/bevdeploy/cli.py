@@ -30,6 +30,7 @@ from bevdeploy.frame_loop import FrameLoop, OnError
 
 if TYPE_CHECKING:
     from bevdeploy.package import DeployPackage
+    from bevdeploy.runtime.backends.gpu import GpuConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EXIT_CODE_HELP,
                   help="BEVFusion from a PyTorch checkpoint to a fast, verified deployment.")
@@ -53,7 +54,7 @@ def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BevDeployError as exc:
             if _state["debug"]:
                 raise
-            _error_line(f"[red]error[/red] ({type(exc).__name__})", str(exc))
+            _error_line(f"[red]error[/red] ({type(exc).__name__})", _with_notes(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _state["debug"]:
@@ -64,10 +65,17 @@ def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _state["debug"]:
                 raise
             _error_line(f"[red]internal error[/red] ({type(exc).__name__})",
-                        f"{exc} — a bug in bevdeploy: rerun with `bevdeploy --debug ...` for the "
-                        "traceback to report")
+                        f"{_with_notes(exc)} — a bug in bevdeploy: rerun with "
+                        "`bevdeploy --debug ...` for the traceback to report")
             raise typer.Exit(INTERNAL_EXIT) from None
     return wrapper
+
+
+def _with_notes(exc: BaseException) -> str:
+    """The message and, on the same line, the notes added on the way up (e.g. which frame of a
+    stream failed, ``Pipeline.run_stream``)."""
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    return str(exc) + "".join(f" ({note})" for note in notes)
 
 
 def _error_line(head: str, text: str) -> None:
@@ -223,15 +231,33 @@ def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name
     console.print(model_info_table(count(p, probe_frame(p, seed=seed)), title=f"{p.name} model info"))
 
 
+GPU_CONFIG_HELP = ("GPU switches of torch-cuda / tensorrt, '+'-joined: fp32|fp16|bf16 "
+                   "(torch-cuda), cl (channels-last, torch-cuda), graph (CUDA graphs), streams "
+                   "(camera and LiDAR branches on two CUDA streams); e.g. fp16+cl+graph+streams.")
+
+
+def _gpu_config(text: str | None, backend: str) -> GpuConfig | None:
+    """``--gpu-config`` parsed and checked against ``backend`` (refused for the CPU ones), or
+    None when not given; called before anything slow is loaded."""
+    if text is None:
+        return None
+    from bevdeploy.runtime.backends.gpu import GpuConfig
+
+    config = GpuConfig.parse(text)
+    config.check_backend(backend)
+    return config
+
+
 def _detector(backend: str, package: Path | DeployPackage | None, preset: str,
               checkpoint: Path | None, *,
-              threads: int | None, random_ok: bool, seed: int = 0, fp16_points: bool = False
-              ) -> tuple[Any, Callable[..., Any]]:
+              threads: int | None, random_ok: bool, seed: int = 0, fp16_points: bool = False,
+              gpu_config: GpuConfig | None = None) -> tuple[Any, Callable[..., Any]]:
     """The preset and a ``frame → (Detections, stage timings in ms)`` function for a backend:
     the deploy runtime on ``package`` (onnxruntime, torch-cuda or tensorrt: any name
     ``create_runner`` knows) or the PyTorch reference (torch), shared by ``infer`` and
-    ``eval``. ``random_ok`` lets the reference run seeded random weights (with a
-    warning) when neither ``checkpoint`` nor the preset names any."""
+    ``eval``. A GPU backend runs with ``gpu_config``'s switches (default: fp32, no graphs, one
+    stream) under ``CudaSchedule``. ``random_ok`` lets the reference run seeded random weights
+    (with a warning) when neither ``checkpoint`` nor the preset names any."""
     from bevdeploy.errors import ConfigError
 
     if package is not None:
@@ -239,8 +265,15 @@ def _detector(backend: str, package: Path | DeployPackage | None, preset: str,
             raise ConfigError("--package runs the deploy runtime; drop it to use the torch "
                               "backend", field="--backend")
         from bevdeploy.runtime import Pipeline
+        from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
 
-        pipeline = Pipeline(package, backend=backend, threads=threads)
+        if backend in GPU_BACKENDS:
+            config = gpu_config or GpuConfig()
+            pipeline = Pipeline(package, backend=backend, threads=threads,
+                                runner_options=config.options(threads),
+                                schedule=config.schedule())
+        else:
+            pipeline = Pipeline(package, backend=backend, threads=threads)
 
         def run_package(frame: Any) -> tuple[Any, dict[str, float]]:
             return pipeline.run(frame), pipeline.last_timings
@@ -316,6 +349,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                            "float16 first, as the published numbers did."),
           seed: int = typer.Option(0, help="torch backend: seed of the initial weights when no "
                                    "checkpoint exists."),
+          gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP),
           on_error: OnError = typer.Option(OnError.stop, help="A frame that fails (a damaged "
                                            "file): stop the run, or skip it, go on and exit 8 "
                                            "with the failures listed in detections.json.")
@@ -352,6 +386,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
 
     check_output_dir(out)  # before hours of frames, not after
     backend = backend or ("onnxruntime" if package is not None else "torch")
+    gpu = _gpu_config(gpu_config, backend)
     # The inputs are read before the model loads, so that a bad file fails in milliseconds.
     pkg = load_package(package) if package is not None else None
     p = pkg.preset if pkg is not None else get_preset(preset)
@@ -377,7 +412,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         labels = frames.sample_tokens
     n = len(frames) if limit is None else min(limit, len(frames))
     p, predict = _detector(backend, pkg, preset, checkpoint, threads=threads, seed=seed,
-                           fp16_points=fp16_points, random_ok=True)
+                           fp16_points=fp16_points, random_ok=True, gpu_config=gpu)
 
     detections, submission, timings = {}, {}, []
 
@@ -480,15 +515,35 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
                                               "alone; writes sensitivity.json."),
              sensitivity_granularity: str = typer.Option("block", help="block or layer."),
              sensitivity_top: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
+             sensitivity_map: bool = typer.Option(False, "--sensitivity-map", help="Also score "
+                                                  "each group's mAP: the FP32 package with only "
+                                                  "that group quantized, on the evaluation "
+                                                  "frames (nuscenes-devkit); ranks by mAP drop. "
+                                                  "Needs --sensitivity."),
+             sensitivity_data: Optional[Path] = typer.Option(None, help="Dataset of the "
+                                                             "evaluation frames (default: "
+                                                             "--calib's)."),
+             sensitivity_split: str = typer.Option("mini_val", help="Split of the evaluation "
+                                                   "frames (none may be a calibration frame)."),
+             sensitivity_frames: int = typer.Option(8, min=1, help="Evaluation frames (spread "
+                                                    "over the split)."),
+             sensitivity_module: Optional[list[str]] = typer.Option(None, help="Probe only this "
+                                                                    "INT8 module's groups "
+                                                                    "(repeatable; default "
+                                                                    "both)."),
              threads: Optional[int] = typer.Option(None, min=1, help="CPU threads of the "
-                                                   "calibration pipeline.")) -> None:
+                                                   "calibration and mAP-probe pipelines.")
+             ) -> None:
     """Simplify, convert to FP16 and/or quantize to INT8 (QDQ) the dense modules of a package;
-    the optimized modules are checked for NaN/Inf on the calibration frames."""
+    the optimized modules are checked for NaN/Inf on the calibration frames. --sensitivity ranks
+    the INT8 layer groups (each quantized alone) by output cosine; with --sensitivity-map each
+    group's mAP on held-out frames, and its drop from the FP32 mAP, too (worst first)."""
     from bevdeploy.errors import ConfigError
     from bevdeploy.optimize import (
         CalibrationSource, Int8Options, OptimizeOptions, optimize_package,
     )
-    from bevdeploy.optimize.int8 import RECIPE_EXCLUDES
+    from bevdeploy.optimize.int8 import INT8_MODULES, RECIPE_EXCLUDES
+    from bevdeploy.optimize.sensitivity import EvalSource
 
     if sensitivity_granularity not in ("block", "layer"):
         raise ConfigError(f"expected block or layer, got {sensitivity_granularity!r}",
@@ -501,6 +556,9 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
         calib=None if calib is None else CalibrationSource(calib, calib_frames, version,
                                                            calib_split),
         sensitivity=sensitivity_granularity if sensitivity else None,  # type: ignore[arg-type]
+        sensitivity_map=EvalSource(sensitivity_data, sensitivity_frames, version,
+                                   sensitivity_split) if sensitivity_map else None,
+        sensitivity_modules=tuple(sensitivity_module or INT8_MODULES),
         threads=threads)
     t0 = time.perf_counter()
     result = optimize_package(package, out, options)
@@ -586,6 +644,7 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
              limit: Optional[int] = typer.Option(None, min=1, help="Only the first N frames "
                                                  "(scored on those samples only)."),
              threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads."),
+             gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP),
              on_error: OnError = typer.Option(OnError.stop, help="A frame that fails: stop "
                                               "(nothing written), or skip it, score the rest and "
                                               "exit 8 with the failures in metrics.json.")
@@ -601,10 +660,12 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
 
     check_output_dir(out)
     chosen = backend or ("onnxruntime" if package is not None else "torch")
+    gpu = _gpu_config(gpu_config, chosen)
     pkg = load_package(package) if package is not None else None  # the dataset opens before
     loader = NuScenesLoader(data, version=version, split=split,  # the model loads
                             preset=pkg.preset if pkg is not None else get_preset(preset))
-    _, predict = _detector(chosen, pkg, preset, checkpoint, threads=threads, random_ok=False)
+    _, predict = _detector(chosen, pkg, preset, checkpoint, threads=threads, random_ok=False,
+                           gpu_config=gpu)
     n = len(loader) if limit is None else min(limit, len(loader))
     loop = FrameLoop(n, on_error, label=loader.sample_tokens.__getitem__, console=err_console,
                      description=f"{chosen} on {split}")
@@ -733,9 +794,20 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
 @command(name="bench")
 def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat to compare "
                                              "several (e.g. fp32 and int8) in one run."),
-          backend: list[str] = typer.Option(["onnxruntime"], help="Backend; repeatable."),
+          backend: list[str] = typer.Option(["onnxruntime"], help="onnxruntime, torch-cuda or "
+                                            "tensorrt; repeatable."),
           schedule: list[str] = typer.Option(["sequential"], help="sequential, branches or "
-                                             "frames; repeatable."),
+                                             "frames (the CPU backends'; a GPU backend runs "
+                                             "under the CUDA schedule); repeatable."),
+          gpu_config: Optional[list[str]] = typer.Option(None, help=GPU_CONFIG_HELP + " "
+                                                         "Repeatable: each GPU backend runs with "
+                                                         "each (default fp32); CPU backends "
+                                                         "ignore it."),
+          gpu_ladder: bool = typer.Option(False, "--gpu-ladder", help="GPU backends run the "
+                                          "ladder fp32, fp16, fp16+cl, fp16+cl+graph, "
+                                          "fp16+cl+graph+streams (tensorrt: fp32, graph, "
+                                          "graph+streams), one switch added per step, so each "
+                                          "step shows its worth."),
           reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time "
                                          "the PyTorch eager reference and print ratios to it."),
           checkpoint: Optional[Path] = typer.Option(None, help="Weights of the reference "
@@ -759,11 +831,14 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
     own process; the dense modules' GFLOP/s against this machine's GEMM peak."""
     import numba
 
-    from bevdeploy.eval.bench import FrameSource, default_world, plan_variants, run_bench
+    from bevdeploy.eval.bench import (FrameSource, check_devices, default_world, plan_variants,
+                                      run_bench)
 
     budget = threads or numba.config.NUMBA_NUM_THREADS
     variants = plan_variants(package, backends=backend, schedules=schedule, threads=budget,
-                             reference=reference, checkpoint=checkpoint, precision=precision)
+                             reference=reference, checkpoint=checkpoint, precision=precision,
+                             gpu_configs=gpu_config or (), gpu_ladder=gpu_ladder)
+    check_devices(variants)  # before the default world is generated
     source = default_world() if data is None else FrameSource(str(data), version, split)
     report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,
                        progress=lambda message: err_console.print(message))

@@ -11,12 +11,13 @@ import json
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from bevdeploy.cli import app
 from bevdeploy.errors import ConfigError
 from bevdeploy.eval.bench import (DENSE_MODULES, BenchReport, FrameSource, Stat, Variant,
-                                  VariantResult, plan_variants)
+                                  VariantResult, plan_variants, run_bench)
 
 REL = 1e-9  # ratios are recomputed from the reported numbers: equal up to rounding
 
@@ -133,3 +134,105 @@ def test_plan_refuses_unknown_names_and_the_wrong_precision(trained_tiny_package
     assert [v.is_reference for v in variants] == [True, False, False, False, False]
     assert len({v.label for v in variants}) == 5  # one reference for the one preset
     assert all(v.threads == 2 and v.preset == "tiny" for v in variants)
+
+
+# ------------------------------------------------------------------ GPU backends and configs
+
+
+def test_plan_multiplies_each_gpu_backend_by_its_configs(trained_tiny_package):
+    from bevdeploy.eval.bench import _variant_precision
+    from bevdeploy.package import load_package
+
+    variants = plan_variants([trained_tiny_package], backends=["onnxruntime", "torch-cuda"],
+                             schedules=["sequential", "frames"], threads=2, reference=True,
+                             checkpoint=None, precision=None,
+                             gpu_configs=["fp32", "graph+streams+fp16"])
+    assert [(v.label, v.schedule, v.gpu_config) for v in variants] == [
+        ("tiny · torch · eager", "eager", None),
+        ("tiny · onnxruntime · sequential", "sequential", None),
+        ("tiny · onnxruntime · frames", "frames", None),
+        ("tiny · torch-cuda · fp32", "cuda", "fp32"),
+        ("tiny · torch-cuda · fp16+graph+streams", "cuda", "fp16+graph+streams")]
+    pkg = load_package(trained_tiny_package)
+    assert [_variant_precision(v, pkg) for v in variants[2:]] == [
+        "fp32", "fp32", "fp16 (from fp32 ONNX)"]
+
+
+def test_the_ladders_add_one_switch_per_step(trained_tiny_package):
+    variants = plan_variants([trained_tiny_package], backends=["torch-cuda", "tensorrt"],
+                             schedules=["sequential"], threads=2, reference=False,
+                             checkpoint=None, precision=None, gpu_ladder=True)
+    assert [(v.backend, v.label.split(" · ")[-1], v.gpu_config) for v in variants] == [
+        ("torch-cuda", "fp32", "fp32"), ("torch-cuda", "fp16", "fp16"),
+        ("torch-cuda", "fp16+cl", "fp16+cl"), ("torch-cuda", "fp16+cl+graph", "fp16+cl+graph"),
+        ("torch-cuda", "fp16+cl+graph+streams", "fp16+cl+graph+streams"),
+        ("tensorrt", "engine", "fp32"), ("tensorrt", "engine+graph", "fp32+graph"),
+        ("tensorrt", "engine+graph+streams", "fp32+graph+streams")]
+
+
+@pytest.mark.parametrize("changes, field, says", [
+    (dict(backends=["onnxruntime"], gpu_configs=["fp16"]), "--gpu-config", "names none"),
+    (dict(backends=["onnxruntime"], gpu_ladder=True), "--gpu-config", "names none"),
+    (dict(gpu_configs=["fp16"], gpu_ladder=True), "--gpu-ladder", "not both"),
+    (dict(gpu_configs=["fp16+cl", "cl+fp16"]), "--gpu-config", "repeat one"),
+    (dict(gpu_configs=["fp16+turbo"]), "--gpu-config", "unknown token 'turbo'"),
+    (dict(backends=["tensorrt"], gpu_configs=["fp16+graph"]), "--gpu-config", "drop ['fp16']"),
+    (dict(schedules=["frames"]), "--schedule", "runs under the CUDA schedule"),
+])
+def test_plan_refuses_gpu_configs_that_cannot_apply(trained_tiny_package, changes, field, says):
+    kwargs = {"backends": ["torch-cuda"], "schedules": ["sequential"], "threads": 2,
+              "reference": False, "checkpoint": None, "precision": None, **changes}
+    with pytest.raises(ConfigError) as err:
+        plan_variants([trained_tiny_package], **kwargs)
+    assert err.value.field == field and says in str(err.value)
+
+
+def test_the_json_carries_the_gpu_config():
+    gpu = Variant("tiny · torch-cuda · fp16+graph", "tiny", "p", "torch-cuda", "cuda", 2,
+                  gpu_config="fp16+graph")
+    cpu = Variant("tiny · onnxruntime · sequential", "tiny", "p", "onnxruntime", "sequential", 2)
+    report = BenchReport(results=[_result(cpu, [10.0], 0.01), _result(gpu, [5.0], 0.005)],
+                         source=FrameSource("/d"), frames=1, warmup=0, threads=2,
+                         gemm_gflops=100.0)
+    assert [v["gpu_config"] for v in report.to_dict()["variants"]] == [None, "fp16+graph"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is usable here")
+def test_without_cuda_a_gpu_variant_is_refused_before_anything_is_measured(
+        trained_tiny_package, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "--package", str(trained_tiny_package), "--backend", "torch-cuda",
+        "--gpu-config", "fp16+graph+streams", "--frames", "2", "--data", str(tmp_path / "none"),
+        "--json", str(out)], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert "tiny · torch-cuda · fp16+graph+streams needs CUDA: " in result.output
+    assert "[--backend]" in result.output
+    assert "measuring" not in result.output and "counting" not in result.output
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="needs CUDA"):  # the library entry point, too
+        run_bench(plan_variants([trained_tiny_package], backends=["torch-cuda"],
+                                schedules=["sequential"], threads=2, reference=True,
+                                checkpoint=None, precision=None),
+                  FrameSource(str(tmp_path / "none")), frames=2, warmup=0, threads=2,
+                  progress=pytest.fail)
+
+
+@pytest.mark.gpu
+def test_bench_runs_torch_cuda_with_all_switches_on_a_gpu(trained_tiny_package, synthetic_world,
+                                                          tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "--package", str(trained_tiny_package), "--backend", "torch-cuda",
+        "--gpu-config", "fp16+graph+streams", "--no-reference", "--frames", "2", "--warmup", "1",
+        "--threads", "2", "--data", str(synthetic_world), "--json", str(out)],
+        catch_exceptions=False, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "tiny · torch-cuda · fp16+graph+streams" in result.output
+    (variant,) = json.loads(out.read_text())["variants"]
+    assert variant["backend"] == "torch-cuda" and variant["schedule"] == "cuda"
+    assert variant["gpu_config"] == "fp16+graph+streams"
+    assert variant["precision"] == "fp16 (from fp32 ONNX)"
+    assert len(variant["samples_ms"]["total"]) == 2
+    assert {"camera.backbone", "bevpool", "scn", "fuser", "head.bbox"} <= set(variant["stages"])
+    assert all(s["median_ms"] > 0 for s in variant["stages"].values())

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import bevdeploy.presets
 from bevdeploy.cli import app
 from bevdeploy.errors import (EXIT_CODE_HELP, EXIT_CODES, INTERNAL_EXIT, INTERRUPTED_EXIT,
-                              PARTIAL_EXIT, BevDeployError)
+                              PARTIAL_EXIT, BevDeployError, InputError)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -50,6 +50,21 @@ def test_a_bug_exits_70_in_one_line_and_shows_its_traceback_under_debug(monkeypa
 
     result = CliRunner().invoke(app, ["--debug", "presets", "show", "tiny"])
     assert isinstance(result.exception, ZeroDivisionError)  # raised through, with traceback
+
+
+def test_notes_added_on_the_way_up_stay_on_the_error_line(monkeypatch):
+    """``Pipeline.run_stream`` names the failing frame in a note; the CLI must print it."""
+    def bad_frame(*args, **kwargs):
+        error = InputError("3 floats per point, expected 5", path="s.pcd.bin", field="points")
+        error.add_note("while processing frame 7 of the stream (s.pcd.bin)")
+        raise error
+
+    monkeypatch.setattr(bevdeploy.presets, "get_preset", bad_frame)
+    result = CliRunner().invoke(app, ["presets", "show", "tiny"], catch_exceptions=False)
+    assert result.exit_code == InputError.exit_code
+    assert result.output.strip() == ("error (InputError): s.pcd.bin [points]: 3 floats per point, "
+                                     "expected 5 (while processing frame 7 of the stream "
+                                     "(s.pcd.bin))")
 
 
 def test_ctrl_c_outside_a_frame_loop_exits_130_in_one_line(monkeypatch):

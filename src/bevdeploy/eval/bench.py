@@ -1,11 +1,15 @@
 """``bevdeploy bench``: per-stage and end-to-end latency, throughput and peak memory of deploy
 packages and of the PyTorch eager reference, measured in one run on the same frames.
 
-**Variants.** Every ``--package`` × ``--backend`` × ``--schedule`` is one variant; unless
-``--no-reference``, the PyTorch eager reference of each distinct preset is one more (the
+**Variants.** Every ``--package`` × CPU ``--backend`` × ``--schedule`` is one variant, and
+every ``--package`` × GPU backend (torch-cuda, tensorrt) × ``--gpu-config`` (``GpuConfig``:
+precision, channels-last, CUDA graphs, two streams; ``--gpu-ladder`` adds one switch per step)
+is one: a GPU backend runs under ``CudaSchedule``, so the CPU schedules do not multiply it.
+Unless ``--no-reference``, the PyTorch eager reference of each distinct preset is one more (the
 package's preset, its checkpoint when known, else the exporter's seeded random initialisation —
 latency does not depend on the weights' values). Every variant uses the same thread budget:
-the pipeline's ``threads`` for a package, ``torch.set_num_threads`` for the reference.
+the pipeline's ``threads`` for a package, ``torch.set_num_threads`` for the reference. GPU
+variants are refused before anything is measured where CUDA is unusable.
 
 **How it is measured.** Each variant runs in its own fresh process (``spawn``), one after the
 other: load the frames, note the resident memory, load the variant, run ``warmup`` frames, then
@@ -25,7 +29,7 @@ geometry cache cannot hit by accident). Reading and decoding the files is not ti
 **Dense modules.** Each ONNX module's MACs are counted on the reference model
 (``bevdeploy.model.macs.count_dense_macs``, the modules each graph holds) and turned into
 achieved GFLOP/s (2 FLOPs per MAC) next to this machine's measured float32 GEMM rate
-(``runtime.kernels.bench.measure_rates``, ``np.matmul`` 1024³ with the same thread budget).
+(``runtime.kernels.bench.measure_rates``, ``np.matmul`` at 1024³ and 2048³, best of both, with the same thread budget).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.table import Table
@@ -53,8 +57,12 @@ from bevdeploy import __version__
 from bevdeploy.errors import BevDeployError, ConfigError
 from bevdeploy.io import atomic_write
 
+if TYPE_CHECKING:
+    from bevdeploy.runtime.backends.gpu import GpuConfig
+
 REFERENCE_BACKEND = "torch"
 REFERENCE_SCHEDULE = "eager"
+CUDA_SCHEDULE = "cuda"  # the schedule of every GPU variant (``CudaSchedule``)
 DENSE_MODULES = ("camera.backbone", "camera.vtransform", "fuser", "head.bbox")
 
 # The reference model's modules each ONNX graph holds (export/camera.py, export/fuser.py,
@@ -97,15 +105,17 @@ TOTAL_INCLUDES = {
 
 @dataclass(frozen=True)
 class Variant:
-    """One column: a package on a backend under a schedule, or the reference of its preset."""
+    """One column: a package on a backend under a schedule (a GPU backend: with a GPU
+    configuration), or the reference of its preset."""
 
     label: str
     preset: str  # the preset's name
     package: str  # the reference: the package whose preset (and weights, if known) it mirrors
     backend: str  # REFERENCE_BACKEND for the reference
-    schedule: str  # REFERENCE_SCHEDULE for the reference
+    schedule: str  # REFERENCE_SCHEDULE for the reference, CUDA_SCHEDULE for a GPU backend
     threads: int
     checkpoint: str | None = None  # reference only: weights to load
+    gpu_config: str | None = None  # GPU backends only: ``GpuConfig.label``
 
     @property
     def is_reference(self) -> bool:
@@ -504,10 +514,17 @@ def _reference_stream(variant: Variant, pkg: Any) -> tuple[Stream, str, Counter]
 
 
 def _deploy_stream(variant: Variant, pkg: Any) -> tuple[Stream, str, Counter]:
+    from bevdeploy.runtime.backends.gpu import GpuConfig
     from bevdeploy.runtime.pipeline import Pipeline
 
-    pipeline = Pipeline(pkg, backend=variant.backend, threads=variant.threads,
-                        schedule=variant.schedule)
+    if variant.gpu_config is None:
+        pipeline = Pipeline(pkg, backend=variant.backend, threads=variant.threads,
+                            schedule=variant.schedule)
+    else:
+        config = GpuConfig.parse(variant.gpu_config)
+        pipeline = Pipeline(pkg, backend=variant.backend, threads=variant.threads,
+                            runner_options=config.options(variant.threads),
+                            schedule=config.schedule())
 
     def stream(frames: Sequence[Any]) -> Iterator[dict[str, float]]:
         for _ in pipeline.run_stream(frames):
@@ -536,13 +553,27 @@ def measure_variant(variant: Variant, source: FrameSource, frames: int,
     wall = time.perf_counter() - start
     plans_after = plans()
     samples: dict[str, list[float]] = {k: [t[k] for t in per_frame] for k in per_frame[0]}
-    return VariantResult(variant=variant,
-                         precision="fp32" if variant.is_reference else package_precision(pkg),
+    return VariantResult(variant=variant, precision=_variant_precision(variant, pkg),
                          weights=weights, samples=samples, wall_s=wall, frames=frames,
                          distinct_frames=distinct, peak_rss_mb=_peak_rss_mb(),
                          baseline_rss_mb=baseline,
                          geometry_computed=None if plans_after is None or plans_before is None
                          else plans_after - plans_before)
+
+
+def _variant_precision(variant: Variant, pkg: Any) -> str:
+    """What the column computes in: the package's precision, except where torch-cuda casts the
+    converted modules to the configuration's (``GpuConfig.precision``)."""
+    if variant.is_reference:
+        return "fp32"
+    stored = package_precision(pkg)
+    if variant.backend == "torch-cuda" and variant.gpu_config is not None:
+        from bevdeploy.runtime.backends.gpu import GpuConfig
+
+        computed = GpuConfig.parse(variant.gpu_config).precision
+        if computed != stored:
+            return f"{computed} (from {stored} ONNX)"
+    return stored
 
 
 def _child(variant: Variant, source: FrameSource, frames: int, warmup: int, conn: Any) -> None:
@@ -585,9 +616,10 @@ def measure_in_subprocess(variant: Variant, source: FrameSource, frames: int,
 # ------------------------------------------------------------------------------ a run
 
 
-def _label(pkg: Any, backend: str, schedule: str, many_packages: bool, root: Path) -> str:
+def _label(pkg: Any, backend: str, setting: str, many_packages: bool, root: Path) -> str:
+    """``preset [package dir] · backend · schedule`` (a GPU backend: its configuration)."""
     name = pkg.preset.name + (f" [{root.name}]" if many_packages else "")
-    return f"{name} · {backend} · {schedule}"
+    return f"{name} · {backend} · {setting}"
 
 
 def dense_macs(preset: Any, frame: Any) -> dict[str, int]:
@@ -606,11 +638,15 @@ def dense_macs(preset: Any, frame: Any) -> dict[str, int]:
 
 def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
                   schedules: Sequence[str], threads: int, reference: bool,
-                  checkpoint: Path | None, precision: str | None) -> list[Variant]:
+                  checkpoint: Path | None, precision: str | None,
+                  gpu_configs: Sequence[str] = (), gpu_ladder: bool = False) -> list[Variant]:
     """The variants of a run, references first (one per distinct preset), packages checked
-    (loadable, of the asked ``precision``) before anything is measured."""
+    (loadable, of the asked ``precision``) before anything is measured. A CPU backend runs under
+    each of ``schedules``, a GPU backend with each of ``gpu_configs`` (default ``fp32``), or
+    with its ladder (``GPU_LADDER``, ``TENSORRT_LADDER``) when ``gpu_ladder``."""
     from bevdeploy.package import load_package
     from bevdeploy.runtime.backends import BACKENDS
+    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS
     from bevdeploy.runtime.pipeline import SCHEDULES
 
     if not packages:
@@ -623,6 +659,14 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
         if name not in SCHEDULES:
             raise ConfigError(f"unknown schedule {name!r}; available: {list(SCHEDULES)}",
                               field="--schedule")
+    gpu = {b: _gpu_configs(b, gpu_configs, gpu_ladder) for b in backends if b in GPU_BACKENDS}
+    if (gpu_configs or gpu_ladder) and not gpu:
+        raise ConfigError(f"--gpu-config and --gpu-ladder apply to the GPU backends "
+                          f"{list(GPU_BACKENDS)}; --backend names none", field="--gpu-config")
+    if gpu and len(gpu) == len(backends) and list(schedules) != ["sequential"]:
+        raise ConfigError(f"the schedules {list(schedules)} are the CPU pipeline's; a GPU "
+                          "backend runs under the CUDA schedule (add 'streams' to --gpu-config "
+                          "for two CUDA streams)", field="--schedule")
     names = [Path(p).resolve() for p in packages]
     if len(set(names)) < len(names) or len({n.name for n in names}) < len(names):
         raise ConfigError(f"packages must be distinct directories with distinct names (they "
@@ -648,10 +692,46 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
                     None if checkpoint is None else str(checkpoint)))
     for root, pkg in loaded:
         for backend in backends:
+            if backend in gpu:
+                for config in gpu[backend]:
+                    variants.append(Variant(_label(pkg, backend, config.describe(backend), many,
+                                                   root), pkg.preset.name, str(root), backend,
+                                            CUDA_SCHEDULE, threads, gpu_config=config.label))
+                continue
             for schedule in schedules:
                 variants.append(Variant(_label(pkg, backend, schedule, many, root),
                                         pkg.preset.name, str(root), backend, schedule, threads))
     return variants
+
+
+def _gpu_configs(backend: str, texts: Sequence[str], ladder: bool) -> list[GpuConfig]:
+    """The parsed ``GpuConfig``s a GPU backend runs with, each checked against it and given
+    once (they label the columns)."""
+    from bevdeploy.runtime.backends.gpu import GPU_LADDER, TENSORRT_LADDER, GpuConfig
+
+    if texts and ladder:
+        raise ConfigError("give --gpu-config or --gpu-ladder, not both", field="--gpu-ladder")
+    if ladder:
+        texts = TENSORRT_LADDER if backend == "tensorrt" else GPU_LADDER
+    configs = [GpuConfig.parse(text) for text in texts or ("fp32",)]
+    labels = [config.label for config in configs]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"the GPU configurations {list(texts)} repeat one ({labels})",
+                          field="--gpu-config")
+    for config in configs:
+        config.check_backend(backend)
+    return configs
+
+
+def check_devices(variants: Sequence[Variant]) -> None:
+    """Refuse GPU variants where CUDA is unusable, before anything is measured (their own
+    process would find out only after the GEMM rate and the MACs had been)."""
+    from bevdeploy.runtime.backends.gpu import cuda_unusable_reason
+
+    gpu = [v for v in variants if v.gpu_config is not None]
+    reason = cuda_unusable_reason() if gpu else None
+    if reason is not None:
+        raise ConfigError(f"{gpu[0].label} needs CUDA: {reason}", field="--backend")
 
 
 def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, warmup: int,
@@ -667,6 +747,7 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
     if frames < 1 or warmup < 0:
         raise ConfigError(f"need frames ≥ 1 and warmup ≥ 0, got {frames} and {warmup}",
                           field="--frames")
+    check_devices(variants)
     notes: list[str] = []
     with threadpool_limits(threads):
         gemm = 2 * measure_rates().gemm_macs_per_s / 1e9

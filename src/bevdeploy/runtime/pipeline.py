@@ -230,13 +230,35 @@ def _name_failure(error: BaseException, index: int, label: str) -> BaseException
     return error
 
 
+def _runner_options(given: RunnerOptions | None, *, threads: int | None,
+                    optimization: OptimizationLevel, spinning: bool) -> RunnerOptions:
+    """``given``, or the options the pipeline's own arguments make. Next to ``given``, an
+    argument set away from its default to a value ``given`` does not hold is refused: which of
+    the two the caller meant cannot be told (``threads`` contradicts only a ``given.threads``
+    that is set too)."""
+    if given is None:
+        return RunnerOptions(threads=threads, optimization=optimization, spinning=spinning)
+    for name, mine, default in (("threads", threads, None), ("optimization", optimization, "all"),
+                                ("spinning", spinning, False)):
+        theirs = getattr(given, name)
+        if mine != default and theirs != mine and not (name == "threads" and theirs is None):
+            raise ConfigError(f"{name}={mine!r} contradicts runner_options.{name}={theirs!r}; "
+                              f"set it in one place", field="runner_options")
+    return given
+
+
 class Pipeline:
     """The deploy runtime for one package.
 
     ``threads`` bounds the threads of the ONNX sessions (intra-op), of the sparse-conv executor
     and of the numba kernels; ``None`` lets each use every core. ``optimization`` is the ONNX
     graph optimisation level; ``spinning`` lets ONNX Runtime's idle workers busy-wait (off: see
-    ``backends.onnxruntime``). ``schedule`` is a name of ``SCHEDULES`` or a schedule function.
+    ``backends.onnxruntime``). ``runner_options``, when given, are exactly the options every
+    runner gets instead of those three (e.g. a ``GpuOptions`` with the GPU switches, which the
+    three cannot express); ``threads`` still bounds numba and the SCN executor, and any of the
+    three that contradicts ``runner_options`` is refused rather than silently dropped.
+    ``schedule`` is a name of ``SCHEDULES`` or a schedule function (a ``CudaSchedule`` for a GPU
+    backend).
     Not thread-safe: one frame (or one stream) at a time per instance (the geometry cache and
     the timings are per instance). ``close`` (or a ``with`` block) stops the worker thread of
     ``branches``; it is also stopped when the pipeline is garbage-collected.
@@ -244,18 +266,20 @@ class Pipeline:
 
     def __init__(self, package: str | Path | DeployPackage, *, backend: str = "onnxruntime",
                  threads: int | None = None, optimization: OptimizationLevel = "all",
-                 schedule: Schedule | str = sequential, spinning: bool = False) -> None:
+                 schedule: Schedule | str = sequential, spinning: bool = False,
+                 runner_options: RunnerOptions | None = None) -> None:
         limit = numba.config.NUMBA_NUM_THREADS
         if threads is not None and not 1 <= threads <= limit:
             raise ConfigError(f"must be in 1..{limit} (the CPU threads available), got {threads}",
                               field="threads")
+        options = _runner_options(runner_options, threads=threads, optimization=optimization,
+                                  spinning=spinning)
         self.schedule = resolve_schedule(schedule)
         self.package = package if isinstance(package, DeployPackage) else load_package(package)
         pkg = self.package
         self.preset: Preset = pkg.preset
         self.backend = backend
         self.threads = threads
-        options = RunnerOptions(threads=threads, optimization=optimization, spinning=spinning)
         self.runners: dict[str, Runner] = {
             name: create_runner(backend, pkg.path(name), pkg.module(name), options)
             for name in DENSE_MODULES}

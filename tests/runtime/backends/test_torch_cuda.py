@@ -161,8 +161,10 @@ def test_bf16_follows_the_precision_switch(package, module_io):
 
 def test_pipeline_detections_equal_onnxruntime_on_cpu(package, ort_pipeline, frames):
     """The issue's "torch-cuda detections equal ORT CPU detections", here with device cpu."""
-    torch_pipeline = Pipeline(package, threads=2)
-    torch_pipeline.runners = _torch_runners(package, device="cpu")
+    options = GpuOptions(device="cpu")
+    torch_pipeline = Pipeline(package, backend="torch-cuda", threads=2, runner_options=options)
+    assert all(isinstance(r, TorchCudaRunner) and r.options is options
+               for r in torch_pipeline.runners.values())
     for frame in frames:
         _assert_same_detections(torch_pipeline.run(frame), ort_pipeline.run(frame))
 
@@ -282,8 +284,8 @@ def test_fp16_channels_last_graphs_pass_the_fp16_tolerance(package, ort_pipeline
         for key, value in expected.items():
             _assert_close(got[key], value, rel=tol.rel_max_abs, cosine=tol.cosine_min,
                           what=f"{name}.{key}")
-    fp16_pipeline = Pipeline(package, threads=2)
-    fp16_pipeline.runners = runners
+    fp16_pipeline = Pipeline(package, backend="torch-cuda", threads=2,
+                             runner_options=runners["fuser"].options)
     for frame in frames:
         metrics, _ = match_boxes(ort_pipeline.run(frame), fp16_pipeline.run(frame), tol)
         assert metrics.judged_reference >= MIN_BOXES

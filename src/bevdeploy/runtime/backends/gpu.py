@@ -1,5 +1,6 @@
 """What the GPU backends (``torch-cuda``, ``tensorrt``) share: their options, the checks that
-turn a missing torch or CUDA into a ``ConfigError`` with the reason, and CUDA-graph capture.
+turn a missing torch or CUDA into a ``ConfigError`` with the reason, CUDA-graph capture, and
+``GpuConfig``, the one-string form of the switches the CLI takes (``--gpu-config fp16+cl+graph``).
 
 This module is torch-free at import (the runtime side must not load PyTorch just because a GPU
 backend exists); torch is imported by the functions that need it.
@@ -18,9 +19,12 @@ from bevdeploy.runtime.backends.base import RunnerOptions
 if TYPE_CHECKING:
     import torch
 
+    from bevdeploy.runtime.cuda_schedule import CudaSchedule
+
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 GRAPH_WARMUP_RUNS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS pick kernels)
+GPU_BACKENDS: tuple[str, ...] = ("torch-cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,104 @@ class GpuOptions(RunnerOptions):
         if isinstance(options, GpuOptions):
             return options
         return cls(**{f.name: getattr(options, f.name) for f in fields(RunnerOptions)})
+
+
+# The switch tokens of a ``GpuConfig`` besides its precision, in label order, and the field each
+# one turns on.
+SWITCHES: dict[str, str] = {"cl": "channels_last", "graph": "cuda_graph", "streams": "streams"}
+GPU_TOKENS: tuple[str, ...] = (*PRECISIONS, *SWITCHES)
+# ``bench --gpu-ladder``: one switch added per step, so that each step's gain is what that switch
+# is worth. A TensorRT engine's precision and layouts are fixed when it is built, so its ladder
+# climbs the graph and stream steps only.
+GPU_LADDER: tuple[str, ...] = ("fp32", "fp16", "fp16+cl", "fp16+cl+graph",
+                               "fp16+cl+graph+streams")
+TENSORRT_LADDER: tuple[str, ...] = ("fp32", "graph", "graph+streams")
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """The GPU switches of one run, written as one string so that a command line can list
+    several (``bench --gpu-config fp32 --gpu-config fp16+cl+graph+streams``).
+
+    Tokens joined by ``+``, in any order, each at most once: one precision of ``fp32``,
+    ``fp16``, ``bf16`` (``fp32`` when none is given), ``cl`` (channels-last), ``graph`` (each
+    dense module captured in a CUDA graph), ``streams`` (``CudaSchedule`` with the camera and
+    LiDAR branches on two CUDA streams; without it a CUDA device runs them one after the other
+    on one stream, as CUDA-BEVFusion does). The first three become the runners' ``GpuOptions``,
+    ``streams`` the pipeline's schedule: the CPU schedules (sequential, branches, frames) keep
+    tensors on the host between the modules, so a GPU backend on CUDA always runs under
+    ``CudaSchedule``.
+    """
+
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    cuda_graph: bool = False
+    streams: bool = False
+
+    @classmethod
+    def parse(cls, text: str, *, field: str = "--gpu-config") -> "GpuConfig":
+        """``text`` as a config; a bad, repeated or conflicting token is a ``ConfigError``
+        naming it and listing the valid ones."""
+        tokens = [token.strip().lower() for token in text.split("+")]
+        valid = f"valid tokens: {', '.join(GPU_TOKENS)}, joined by '+' (e.g. fp16+cl+graph)"
+        for token in tokens:
+            if token not in GPU_TOKENS:
+                what = "an empty token" if not token else f"unknown token {token!r}"
+                raise ConfigError(f"{what} in {text!r}; {valid}", field=field)
+        repeated = sorted({token for token in tokens if tokens.count(token) > 1})
+        if repeated:
+            raise ConfigError(f"{text!r} repeats {repeated}; {valid}", field=field)
+        precisions = [token for token in tokens if token in PRECISIONS]
+        if len(precisions) > 1:
+            raise ConfigError(f"{text!r} names the precisions {precisions}; give one of "
+                              f"{list(PRECISIONS)}", field=field)
+        return cls(precision=precisions[0] if precisions else "fp32",  # type: ignore[arg-type]
+                   **{name: token in tokens for token, name in SWITCHES.items()})
+
+    @property
+    def label(self) -> str:
+        """The canonical text, precision first and switches in ``SWITCHES`` order
+        (``parse(label)`` gives this config back)."""
+        return "+".join([self.precision, *(t for t, name in SWITCHES.items()
+                                           if getattr(self, name))])
+
+    def describe(self, backend: str) -> str:
+        """The label as a column title: for TensorRT the precision is the engine's, not ours."""
+        if backend == "tensorrt":
+            return self.label.replace(self.precision, "engine", 1)
+        return self.label
+
+    def check_backend(self, backend: str, *, field: str = "--gpu-config") -> None:
+        """Refuse a backend the config cannot apply to: any but the GPU ones, and TensorRT with
+        a precision or layout token (its engine fixed both when ``bevdeploy build`` made it)."""
+        if backend not in GPU_BACKENDS:
+            raise ConfigError(f"GPU switches ({self.label!r}) apply to the backends "
+                              f"{list(GPU_BACKENDS)}, not {backend!r}", field=field)
+        fixed = [t for t, on in ((self.precision, self.precision != "fp32"),
+                                 ("cl", self.channels_last)) if on]
+        if backend == "tensorrt" and fixed:
+            raise ConfigError(f"tensorrt: an engine's precision and layouts are fixed when "
+                              f"`bevdeploy build` makes it (`bevdeploy build PACKAGE --precision "
+                              f"fp16`); drop {fixed} from {self.label!r} (graph and streams "
+                              "apply)", field=field)
+
+    def options(self, threads: int | None = None, *, device: str = "cuda") -> GpuOptions:
+        """The runners' options: precision, channels-last and CUDA graphs on ``device``."""
+        return GpuOptions(threads=threads, device=device, precision=self.precision,
+                          channels_last=self.channels_last, cuda_graph=self.cuda_graph)
+
+    def schedule(self, device: str = "cuda") -> "CudaSchedule | str":
+        """The pipeline's schedule: ``CudaSchedule`` (two streams or one) on a CUDA device (a
+        ``ConfigError`` saying why where CUDA is unusable); on the CPU, where torch-cuda runs
+        only to check its conversion, the CPU's ``sequential`` (``streams`` refused)."""
+        if device.split(":")[0] == "cpu":
+            if self.streams:
+                raise ConfigError("CUDA streams need a CUDA device; got device 'cpu'",
+                                  field="streams")
+            return "sequential"
+        from bevdeploy.runtime.cuda_schedule import CudaSchedule
+
+        return CudaSchedule(streams=self.streams, device=device)
 
 
 def import_torch(backend: str) -> Any:
