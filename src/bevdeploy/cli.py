@@ -841,7 +841,8 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
     check_devices(variants)  # before the default world is generated
     source = default_world() if data is None else FrameSource(str(data), version, split)
     report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,
-                       progress=lambda message: err_console.print(message))
+                       progress=lambda message: err_console.print(message, markup=False,
+                                                                   highlight=False))
     console.print(report.table())
     console.print(report.dense_table())
     if json_out is not None:

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from bevdeploy.cli import app
 from bevdeploy.errors import ConfigError
-from bevdeploy.eval.bench import (DENSE_MODULES, BenchReport, FrameSource, Stat, Variant,
-                                  VariantResult, plan_variants, run_bench)
+from bevdeploy.eval.bench import (DENSE_MODULES, ISA_FEATURES, BenchReport, FrameSource, Stat,
+                                  Variant, VariantResult, plan_variants, run_bench)
 
 REL = 1e-9  # ratios are recomputed from the reported numbers: equal up to rounding
 
@@ -42,6 +42,9 @@ def test_bench_prints_the_table_and_writes_json(bench_run):
     data = json.loads(out.read_text())
     assert data["frames"]["timed"] == 2 and data["frames"]["warmup"] == 1
     assert data["machine"]["threads"] == 2 and data["machine"]["gemm_gflops"] > 0
+    cpu = data["machine"]["cpu"]
+    assert cpu["microarchitecture"] and set(cpu["isa"]) <= set(ISA_FEATURES)
+    assert f"({cpu['microarchitecture']}:" in result.output
     assert set(data["total_includes"]) == {"deploy", "reference"}
     assert [v["reference"] for v in data["variants"]] == [True, False]
 
@@ -113,6 +116,24 @@ def test_ratios_compare_each_package_with_the_reference_of_its_own_preset():
     assert report.speedups(report.results[2]) is None  # no nuscenes-resnet50 reference
     assert report.gflops(report.results[1]) == {"fuser": pytest.approx(2 / 0.05)}
     assert report.gflops(report.results[2]) == {}
+
+
+def test_a_package_directory_in_a_label_is_printed_not_read_as_markup():
+    from rich.console import Console
+
+    ref = Variant("tiny · torch · eager", "tiny", "p", "torch", "eager", 2)
+    mine = Variant("tiny [pkg-int8] · onnxruntime · sequential", "tiny", "p", "onnxruntime",
+                   "sequential", 2)
+    report = BenchReport(results=[_result(ref, [400.0, 300.0, 500.0], 1.2),
+                                  _result(mine, [100.0, 80.0, 120.0], 0.3)],
+                         source=FrameSource("/d [x]"), frames=3, warmup=1, threads=2,
+                         gemm_gflops=100.0, dense_macs={"tiny": dict.fromkeys(DENSE_MODULES,
+                                                                              10**9)})
+    console = Console(width=250, record=True)
+    console.print(report.table())
+    console.print(report.dense_table())
+    text = console.export_text()
+    assert text.count("tiny [pkg-int8]") == 2 and "/d [x]" in text
 
 
 def test_plan_refuses_unknown_names_and_the_wrong_precision(trained_tiny_package, tmp_path):

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from bevdeploy import __version__
@@ -248,7 +249,8 @@ class BenchReport:
         return {
             "bevdeploy": __version__, "created_utc": self.created_utc,
             "machine": {"cpu_count": os.cpu_count(), "threads": self.threads,
-                        "gemm_gflops": self.gemm_gflops, "platform": sys.platform},
+                        "gemm_gflops": self.gemm_gflops, "platform": sys.platform,
+                        "cpu": cpu_identity()},
             "frames": {"source": self.source.describe(), "timed": self.frames,
                        "warmup": self.warmup},
             "total_includes": TOTAL_INCLUDES,
@@ -266,17 +268,22 @@ class BenchReport:
         """Stages × variants (median / p90 ms, speed-up over the reference), then totals,
         frames/s, memory; the caption says what the totals include."""
         rs = self.results
+        cpu = cpu_identity()
         table = Table(title=f"bevdeploy bench: {self.frames} frames after {self.warmup} warm-up, "
-                            f"{self.threads} threads; frames from {self.source.describe()}",
-                      caption="\n".join([TOTAL_INCLUDES["deploy"], TOTAL_INCLUDES["reference"],
-                                         "cells: median / p90 ms (× = reference median over "
-                                         "this median). Variants ran one after another, each in "
-                                         "its own process.", *self.notes]),
+                            f"{self.threads} threads of {escape(cpu['model'] or 'a CPU')} "
+                            f"({cpu['microarchitecture']}: {' '.join(cpu['isa']) or 'no AVX2'}); "
+                            f"frames from "
+                            f"{escape(self.source.describe())}",
+                      caption=escape("\n".join([TOTAL_INCLUDES["deploy"],
+                                                TOTAL_INCLUDES["reference"],
+                                                "cells: median / p90 ms (× = reference median "
+                                                "over this median). Variants ran one after "
+                                                "another, each in its own process.",
+                                                *self.notes])),
                       caption_justify="left")
         table.add_column("stage", no_wrap=True)
         for r in rs:
-            table.add_column(f"{r.variant.label.replace(' · ', chr(10))}\n{r.precision}",
-                             justify="right")
+            table.add_column(_header(r), justify="right")
         speedups = [None if r.variant.is_reference else self.speedups(r) for r in rs]
         present = {k for r in rs for k in r.samples if k != "total"}
         for stage in [s for s in STAGE_ORDER if s in present] + sorted(present - set(STAGE_ORDER)):
@@ -304,11 +311,14 @@ class BenchReport:
         """Each dense module's MACs and achieved GFLOP/s per variant, with the share of this
         machine's measured float32 GEMM rate."""
         table = Table(title=f"dense modules: achieved GFLOP/s (float32 GEMM peak measured "
-                            f"{self.gemm_gflops:.0f} GFLOP/s on {self.threads} threads)")
+                            f"{self.gemm_gflops:.0f} GFLOP/s on {self.threads} threads)",
+                      caption="GFLOP/s = 2 × the module's MACs / its median time. An INT8 "
+                              "module does the same MACs as 8-bit products, so its share of "
+                              "the float32 peak can pass 100 %.", caption_justify="left")
         table.add_column("module", no_wrap=True)
         table.add_column("GMAC", justify="right")
         for r in self.results:
-            table.add_column(r.variant.label.replace(" · ", "\n"), justify="right")
+            table.add_column(_header(r), justify="right")
         presets = list(dict.fromkeys(_preset_name(r) for r in self.results))
         for preset in presets:
             macs = self.dense_macs.get(preset)
@@ -324,6 +334,36 @@ class BenchReport:
                                  f"{rate:.0f} ({rate / self.gemm_gflops:.0%})")
                 table.add_row(f"{preset} {module}", f"{macs[module] / 1e9:.2f}", *cells)
         return table
+
+
+# Instruction sets that decide what INT8 and FP16/BF16 can gain on a CPU: without a VNNI
+# extension ONNX Runtime's u8s8 convolutions use AVX2's vpmaddubsw, about 2× the FP32 rate at best.
+ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512vnni", "avxvnni", "avx512bf16", "amx-int8")
+
+
+def cpu_identity() -> dict[str, Any]:
+    """The CPU an absolute time belongs to: its model name (Linux ``/proc/cpuinfo``), LLVM's
+    name for its micro-architecture and which of ``ISA_FEATURES`` it has (llvmlite, numba's
+    own backend, so no extra dependency)."""
+    import llvmlite.binding as llvm
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    features = llvm.get_host_cpu_features()
+    return {"model": model, "microarchitecture": llvm.get_host_cpu_name(),
+            "isa": [f for f in ISA_FEATURES if features.get(f, False)]}
+
+
+def _header(result: VariantResult) -> str:
+    """A variant's column title: its label one part per line, then its precision (escaped: a
+    label's ``[package dir]`` is not rich markup)."""
+    return escape(f"{result.variant.label.replace(' · ', chr(10))}\n{result.precision}")
 
 
 def _ms(value: float) -> str:
