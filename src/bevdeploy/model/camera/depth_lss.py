@@ -113,8 +113,15 @@ class DepthLSSTransform(nn.Module):
         Per sample b and camera n: undo the LiDAR augmentation, project with ``lidar2image``,
         clamp z to [1e-5, 1e5] (the stored depth is the clamped z, as the reference's aliasing
         makes it), divide, apply ``img_aug``, keep points with 0 ≤ u' < W and 0 ≤ v' < H
-        (float test), write at (trunc v', trunc u'). Only xyz of the points is used; they are
-        computed in the matrices' dtype.
+        (float test), write at (trunc v', trunc u'). Only xyz of the points is used.
+
+        The projection runs in float64 whatever the inputs' dtype; the depths are returned in
+        ``lidar2image``'s dtype. Which pixel a point lands on is a truncation: in float32 a point
+        near a pixel edge flips to the neighbour depending on the operation order, and at an
+        object's outline that moves a depth by tens of metres (seen: 37.6 m on one pixel of a
+        synthetic frame, which failed ``compare``'s depth stage against the float64 deploy
+        kernel). In float64 the reference and ``runtime.kernels.depth_map`` agree pixel for
+        pixel.
 
         Ties: where several points hit one pixel, the one **latest in point order** wins. The
         reference leaves this to scatter write order (nondeterministic on GPU); fixing it makes
@@ -123,14 +130,15 @@ class DepthLSSTransform(nn.Module):
         b_count, n_cams = lidar2image.shape[:2]
         h, w = self.image_size
         depth = lidar2image.new_zeros(b_count, n_cams * h * w)
+        l2i, i_aug, l_aug = (m.to(torch.float64) for m in (lidar2image, img_aug, lidar_aug))
         for b, pts in enumerate(points):
-            lidar_m = lidar_aug[b, :3, :3]
-            xyz = pts[:, :3].to(lidar2image.dtype) - lidar_aug[b, :3, 3]
+            lidar_m = l_aug[b, :3, :3]
+            xyz = pts[:, :3].to(torch.float64) - l_aug[b, :3, 3]
             xyz = torch.inverse(lidar_m) @ xyz.T  # (3, P) in the un-augmented LiDAR frame
-            cam = lidar2image[b, :, :3, :3] @ xyz + lidar2image[b, :, :3, 3:]  # (N, 3, P)
+            cam = l2i[b, :, :3, :3] @ xyz + l2i[b, :, :3, 3:]  # (N, 3, P)
             z = cam[:, 2].clamp(1e-5, 1e5)
             pix = torch.cat([cam[:, :2] / z[:, None], z[:, None]], dim=1)
-            pix = img_aug[b, :, :2, :3] @ pix + img_aug[b, :, :2, 3:]  # (N, 2, P): u', v'
+            pix = i_aug[b, :, :2, :3] @ pix + i_aug[b, :, :2, 3:]  # (N, 2, P): u', v'
             u, v = pix[:, 0], pix[:, 1]
             on_img = (u >= 0) & (u < w) & (v >= 0) & (v < h)
             cam_idx, pt_idx = on_img.nonzero(as_tuple=True)  # camera-major, then point order
@@ -140,7 +148,7 @@ class DepthLSSTransform(nn.Module):
                                    reduce="amax")
             hit = winner.ge(0).nonzero(as_tuple=True)[0]
             chosen = winner[hit]
-            depth[b, hit] = z[cam_idx[chosen], pt_idx[chosen]]
+            depth[b, hit] = z[cam_idx[chosen], pt_idx[chosen]].to(depth.dtype)
         return depth.view(b_count, n_cams, 1, h, w)
 
     # ---- 2. depth weights and context features ---------------------------------------------
