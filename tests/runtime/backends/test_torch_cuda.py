@@ -31,7 +31,8 @@ from onnx import TensorProto, helper
 from bevdeploy.data.frame import Detections
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.errors import ConfigError, PackageError
-from bevdeploy.eval.compare import Tolerances, box_failures, match_boxes, tensor_metrics
+from bevdeploy.eval.compare import (Tolerances, align_proposals, box_failures, match_boxes,
+                                    tensor_metrics)
 from bevdeploy.package import TensorSpec, load_package
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends import BACKENDS, GpuOptions, create_runner
@@ -157,6 +158,27 @@ def test_bf16_follows_the_precision_switch(package, module_io):
     m = tensor_metrics(expected["feat_out"], got)
     assert m.rel_max_abs > 1e-4  # it did not compute in fp32
     assert m.cosine >= 0.995 and m.rel_max_abs <= 0.05
+
+
+def test_fp16_modules_on_the_cpu_pass_the_fp16_tensor_tolerance(package, module_io):
+    """The FP16 conversion every GPU run relies on, checked where CI can: each module computed
+    in float16 on the CPU stays within ``compare``'s fp16 tensor limits of ONNX Runtime FP32.
+    The head's proposals are first paired (``align_proposals``): near-equal heatmap scores may
+    swap places in the top-k, which reorders the outputs without changing any box."""
+    tol = Tolerances.for_precision("fp16")
+    runners = _torch_runners(package, device="cpu", precision="fp16")
+    worst = 0.0
+    for name, runner in runners.items():
+        feeds, expected = module_io[name]
+        got = runner.run(feeds)
+        if name == "head.bbox":
+            order = align_proposals(expected, got)
+            got = {k: v[..., order] for k, v in got.items()}
+        for key, value in expected.items():
+            _assert_close(got[key], value, rel=tol.rel_max_abs, cosine=tol.cosine_min,
+                          what=f"{name}.{key}")
+            worst = max(worst, tensor_metrics(value, got[key]).rel_max_abs)
+    assert worst > 1e-5  # it did compute in float16
 
 
 def test_pipeline_detections_equal_onnxruntime_on_cpu(package, ort_pipeline, frames):
