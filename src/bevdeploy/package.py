@@ -391,6 +391,19 @@ def verify_file(root: Path, entry: ModuleEntry) -> None:
                            f"file was modified or corrupted", path=path, field=f"{where}.sha256")
 
 
+def check_replaceable(out: Path) -> None:
+    """Refuse to write a package over anything that is not missing, an empty directory or a
+    previous package: a mistyped ``--out`` must not delete a user's directory (``export`` and
+    ``optimize`` replace their output directory whole)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PackageError("exists and is not a directory; choose another output path", path=out)
+    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise PackageError(f"is a non-empty directory without {MANIFEST_NAME} (not a previous "
+                           f"package); refusing to replace it", path=out)
+
+
 def load_package(path: str | Path) -> DeployPackage:
     """Read and verify a package directory: manifest schema and format version, the embedded
     preset, and the size and SHA-256 of every module file. Raises ``PackageError`` naming the

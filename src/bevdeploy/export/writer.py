@@ -30,7 +30,8 @@ from bevdeploy.export.scn import export_scn
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.checkpoint import load_checkpoint
 from bevdeploy.package import (
-    MANIFEST_NAME, MODULE_FILES, Manifest, ModuleEntry, sha256_file, verify_file,
+    MANIFEST_NAME, MODULE_FILES, Manifest, ModuleEntry, check_replaceable, sha256_file,
+    verify_file,
 )
 from bevdeploy.presets import Preset
 
@@ -57,7 +58,7 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
     Returns ``out``.
     """
     out = Path(out)
-    _check_replaceable(out)
+    check_replaceable(out)
     with torch.random.fork_rng():
         torch.manual_seed(RANDOM_INIT_SEED)  # reproducible files when no checkpoint is given
         model = BEVFusion(preset).eval()
@@ -85,7 +86,7 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
             checkpoint=checkpoint_info,
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-        _check_replaceable(out)  # again: it may have changed while we exported
+        check_replaceable(out)  # again: it may have changed while we exported
         replace_dir(staging, out)
     except OSError as exc:  # a full disk or a vanished staging directory while writing
         shutil.rmtree(staging, ignore_errors=True)
@@ -126,18 +127,3 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             continue
     return versions
-
-
-# ---------------------------------------------------------------------------------- placing
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse to export over anything that is not an empty directory or a previous package:
-    a mistyped ``--out`` must not delete a user's directory."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PackageError("exists and is not a directory; choose another output path", path=out)
-    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise PackageError(f"is a non-empty directory without {MANIFEST_NAME} (not a previous "
-                           f"package); refusing to replace it", path=out)

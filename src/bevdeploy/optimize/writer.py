@@ -34,7 +34,7 @@ from typing import Any
 import onnx
 from rich.table import Table
 
-from bevdeploy.errors import ConfigError, PackageError
+from bevdeploy.errors import ConfigError
 from bevdeploy.export.onnx_utils import model_opset, op_census
 from bevdeploy.io import replace_dir, staging_dir
 from bevdeploy.optimize.calibrate import CalibrationSet, calibration_set
@@ -49,7 +49,8 @@ from bevdeploy.optimize.sensitivity import (
     module_sensitivity, rank,
 )
 from bevdeploy.optimize.simplify import simplify as slim
-from bevdeploy.package import MANIFEST_NAME, DeployPackage, load_package, sha256_file
+from bevdeploy.package import (MANIFEST_NAME, DeployPackage, check_replaceable, load_package,
+                               sha256_file)
 from bevdeploy.runtime.pipeline import DENSE_MODULES
 
 SENSITIVITY_FILE = "sensitivity.json"
@@ -294,13 +295,7 @@ def _check_out(src: Path, out: Path) -> None:
     if out.resolve() == src.resolve():
         raise ConfigError("is the source package; write the optimized package elsewhere",
                           path=out, field="out")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PackageError("exists and is not a directory; choose another output path", path=out)
-    if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise PackageError(f"is a non-empty directory without {MANIFEST_NAME} (not a previous "
-                           f"package); refusing to replace it", path=out)
+    check_replaceable(out)
 
 
 def _mib(n: int) -> str:

@@ -201,6 +201,24 @@ def _inverse(matrices: np.ndarray, field: str) -> np.ndarray:
         raise InputError("a 3x3 block is singular", path=source(_KERNEL), field=field) from None
 
 
+def check_calibration(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
+                      lidar_aug: ArrayLike
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The geometry's matrices as finite float64 arrays of consistent shapes ((N, 4, 4),
+    (N, 3, 3), (N, 4, 4), (4, 4)), or an ``InputError`` naming the bad one; shared with the
+    CUDA kernel, which checks its host-side calibration the same way."""
+    c2l = finite(as_array(camera2lidar, _KERNEL, "camera2lidar", np.float64, (None, 4, 4)),
+                 _KERNEL, "camera2lidar")
+    n = c2l.shape[0]
+    k = finite(as_array(intrinsics, _KERNEL, "intrinsics", np.float64, (n, 3, 3)), _KERNEL,
+               "intrinsics")
+    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (n, 4, 4)), _KERNEL,
+                 "img_aug")
+    laug = finite(as_array(lidar_aug, _KERNEL, "lidar_aug", np.float64, (4, 4)), _KERNEL,
+                  "lidar_aug")
+    return c2l, k, aug, laug
+
+
 def geometry(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
              lidar_aug: ArrayLike, image_size: tuple[int, int], feature_size: tuple[int, int],
              dbound: Sequence[float], xbound: Sequence[float], ybound: Sequence[float],
@@ -215,15 +233,8 @@ def geometry(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
         image_size, feature_size: (H, W) of the network image and of the feature map.
         dbound, xbound, ybound, zbound: ``[lo, hi, step]`` of the depth bins and the BEV grid.
     """
-    c2l = finite(as_array(camera2lidar, _KERNEL, "camera2lidar", np.float64, (None, 4, 4)),
-                 _KERNEL, "camera2lidar")
+    c2l, k, aug, laug = check_calibration(camera2lidar, intrinsics, img_aug, lidar_aug)
     n = c2l.shape[0]
-    k = finite(as_array(intrinsics, _KERNEL, "intrinsics", np.float64, (n, 3, 3)), _KERNEL,
-               "intrinsics")
-    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (n, 4, 4)), _KERNEL,
-                 "img_aug")
-    laug = finite(as_array(lidar_aug, _KERNEL, "lidar_aug", np.float64, (4, 4)), _KERNEL,
-                  "lidar_aug")
     size = np.array([cell_count(b, _KERNEL, name) for b, name in
                      ((xbound, "xbound"), (ybound, "ybound"), (zbound, "zbound"))],
                     dtype=np.int64)

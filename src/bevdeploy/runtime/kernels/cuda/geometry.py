@@ -27,9 +27,9 @@ import triton.language as tl
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, cell_count, finite, source
+from bevdeploy.runtime.kernels.cpu._checks import cell_count, source
 from bevdeploy.runtime.kernels.cpu.geometry import (BevPoolPlan, _grid_constants, _inverse,
-                                                    frustum)
+                                                    check_calibration, frustum)
 from bevdeploy.runtime.kernels.cuda._launch import kernel, lanes, upload
 
 _KERNEL = "geometry"
@@ -141,15 +141,8 @@ def geometry(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
     uploaded once), plus ``device``, where the plan is built and lives.
     """
     device = torch.device(device)
-    c2l = finite(as_array(camera2lidar, _KERNEL, "camera2lidar", np.float64, (None, 4, 4)),
-                 _KERNEL, "camera2lidar")
+    c2l, k, aug, laug = check_calibration(camera2lidar, intrinsics, img_aug, lidar_aug)
     n = c2l.shape[0]
-    k = finite(as_array(intrinsics, _KERNEL, "intrinsics", np.float64, (n, 3, 3)), _KERNEL,
-               "intrinsics")
-    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (n, 4, 4)), _KERNEL,
-                 "img_aug")
-    laug = finite(as_array(lidar_aug, _KERNEL, "lidar_aug", np.float64, (4, 4)), _KERNEL,
-                  "lidar_aug")
     nx, ny, nz = (cell_count(b, _KERNEL, name) for b, name in
                   ((xbound, "xbound"), (ybound, "ybound"), (zbound, "zbound")))
     d, fh, fw, axes = _frustum_axes(tuple(image_size), tuple(feature_size),
