@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -72,3 +73,37 @@ def test_infer_on_a_gpu_backend_without_cuda_says_why(trained_tiny_package, synt
     assert result.exit_code == 2, result.output
     assert "needs CUDA: " in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out" / "detections.json").exists()
+
+
+def test_schedule_is_checked_before_anything_loads(tmp_path):
+    missing = str(tmp_path / "missing")
+    cases = [
+        (["infer", "--out", str(tmp_path / "o1"), "--package", missing, "--data", missing,
+          "--schedule", "frames"], "overlaps consecutive frames"),
+        (["eval", "--out", str(tmp_path / "o2"), "--data", missing, "--schedule", "branches"],
+         "eager reference"),
+        (["eval", "--out", str(tmp_path / "o3"), "--package", missing, "--data", missing,
+          "--backend", "torch-cuda", "--schedule", "branches"], "CUDA schedule"),
+        (["infer", "--out", str(tmp_path / "o4"), "--package", missing, "--data", missing,
+          "--schedule", "parallel"], "is not a schedule"),
+    ]
+    for args, says in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "[--schedule]" in result.output and says in result.output
+
+
+def test_infer_under_branches_writes_the_same_detections_as_sequential(trained_tiny_package,
+                                                                      synthetic_world, tmp_path):
+    outputs = {}
+    for schedule in ("sequential", "branches"):
+        out = tmp_path / schedule
+        result = runner.invoke(app, ["infer", "--out", str(out), "--package",
+                                     str(trained_tiny_package), "--data", str(synthetic_world),
+                                     "--limit", "2", "--schedule", schedule])
+        assert result.exit_code == 0, result.output
+        outputs[schedule] = json.loads((out / "detections.json").read_text())
+    frames = outputs["sequential"]["frames"]
+    assert len(frames) == 2 and sum(len(f["boxes"]) for f in frames.values()) > 10
+    assert outputs["branches"]["frames"] == frames
+

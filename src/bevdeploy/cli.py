@@ -236,6 +236,32 @@ GPU_CONFIG_HELP = ("GPU switches of torch-cuda / tensorrt, '+'-joined: fp32|fp16
                    "(camera and LiDAR branches on two CUDA streams); e.g. fp16+cl+graph+streams.")
 
 
+SCHEDULE_HELP = ("CPU backends: sequential, or branches (camera and LiDAR branches on two "
+                 "threads, joined before the fuser). The frames schedule (consecutive frames "
+                 "overlapped) is for `bevdeploy bench` and Pipeline.run_stream: a per-frame "
+                 "error policy needs frames run one at a time.")
+
+
+def _schedule(name: str, backend: str) -> str:
+    """``--schedule`` checked before anything loads: a per-frame schedule of the CPU pipeline
+    (GPU backends run under the CUDA schedule, set with ``--gpu-config``)."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS
+
+    if name not in ("sequential", "branches"):
+        reason = ("overlaps consecutive frames, so one failing frame would end the stream; "
+                  "measure it with `bevdeploy bench --schedule frames`" if name == "frames"
+                  else "is not a schedule")
+        raise ConfigError(f"{name!r} {reason}; choose sequential or branches",
+                          field="--schedule")
+    if name != "sequential" and (backend in GPU_BACKENDS or backend == "torch"):
+        raise ConfigError(f"--schedule is the CPU pipeline's; the {backend} backend "
+                          + ("runs the CUDA schedule (--gpu-config streams)"
+                             if backend in GPU_BACKENDS else "is the eager reference"),
+                          field="--schedule")
+    return name
+
+
 def _gpu_config(text: str | None, backend: str) -> GpuConfig | None:
     """``--gpu-config`` parsed and checked against ``backend`` (refused for the CPU ones), or
     None when not given; called before anything slow is loaded."""
@@ -251,12 +277,13 @@ def _gpu_config(text: str | None, backend: str) -> GpuConfig | None:
 def _detector(backend: str, package: Path | DeployPackage | None, preset: str,
               checkpoint: Path | None, *,
               threads: int | None, random_ok: bool, seed: int = 0, fp16_points: bool = False,
-              gpu_config: GpuConfig | None = None) -> tuple[Any, Callable[..., Any]]:
+              gpu_config: GpuConfig | None = None, schedule: str = "sequential"
+              ) -> tuple[Any, Callable[..., Any]]:
     """The preset and a ``frame → (Detections, stage timings in ms)`` function for a backend:
     the deploy runtime on ``package`` (onnxruntime, torch-cuda or tensorrt: any name
     ``create_runner`` knows) or the PyTorch reference (torch), shared by ``infer`` and
     ``eval``. A GPU backend runs with ``gpu_config``'s switches (default: fp32, no graphs, one
-    stream) under ``CudaSchedule``. ``random_ok`` lets the reference run seeded random weights
+    stream) under ``CudaSchedule``; ONNX Runtime under ``schedule`` (sequential or branches). ``random_ok`` lets the reference run seeded random weights
     (with a warning) when neither ``checkpoint`` nor the preset names any."""
     from bevdeploy.errors import ConfigError
 
@@ -273,7 +300,7 @@ def _detector(backend: str, package: Path | DeployPackage | None, preset: str,
                                 runner_options=config.options(threads),
                                 schedule=config.schedule())
         else:
-            pipeline = Pipeline(package, backend=backend, threads=threads)
+            pipeline = Pipeline(package, backend=backend, threads=threads, schedule=schedule)
 
         def run_package(frame: Any) -> tuple[Any, dict[str, float]]:
             return pipeline.run(frame), pipeline.last_timings
@@ -350,6 +377,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           seed: int = typer.Option(0, help="torch backend: seed of the initial weights when no "
                                    "checkpoint exists."),
           gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP),
+          schedule: str = typer.Option("sequential", help=SCHEDULE_HELP),
           on_error: OnError = typer.Option(OnError.stop, help="A frame that fails (a damaged "
                                            "file): stop the run, or skip it, go on and exit 8 "
                                            "with the failures listed in detections.json.")
@@ -387,6 +415,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     check_output_dir(out)  # before hours of frames, not after
     backend = backend or ("onnxruntime" if package is not None else "torch")
     gpu = _gpu_config(gpu_config, backend)
+    schedule = _schedule(schedule, backend)
     # The inputs are read before the model loads, so that a bad file fails in milliseconds.
     pkg = load_package(package) if package is not None else None
     p = pkg.preset if pkg is not None else get_preset(preset)
@@ -412,7 +441,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         labels = frames.sample_tokens
     n = len(frames) if limit is None else min(limit, len(frames))
     p, predict = _detector(backend, pkg, preset, checkpoint, threads=threads, seed=seed,
-                           fp16_points=fp16_points, random_ok=True, gpu_config=gpu)
+                           fp16_points=fp16_points, random_ok=True, gpu_config=gpu,
+                           schedule=schedule)
 
     detections, submission, timings = {}, {}, []
 
@@ -645,6 +675,7 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
                                                  "(scored on those samples only)."),
              threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads."),
              gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP),
+             schedule: str = typer.Option("sequential", help=SCHEDULE_HELP),
              on_error: OnError = typer.Option(OnError.stop, help="A frame that fails: stop "
                                               "(nothing written), or skip it, score the rest and "
                                               "exit 8 with the failures in metrics.json.")
@@ -661,11 +692,12 @@ def eval_cmd(data: Path = typer.Option(..., help="nuScenes-format dataset root."
     check_output_dir(out)
     chosen = backend or ("onnxruntime" if package is not None else "torch")
     gpu = _gpu_config(gpu_config, chosen)
+    schedule = _schedule(schedule, chosen)
     pkg = load_package(package) if package is not None else None  # the dataset opens before
     loader = NuScenesLoader(data, version=version, split=split,  # the model loads
                             preset=pkg.preset if pkg is not None else get_preset(preset))
     _, predict = _detector(chosen, pkg, preset, checkpoint, threads=threads, random_ok=False,
-                           gpu_config=gpu)
+                           gpu_config=gpu, schedule=schedule)
     n = len(loader) if limit is None else min(limit, len(loader))
     loop = FrameLoop(n, on_error, label=loader.sample_tokens.__getitem__, console=err_console,
                      description=f"{chosen} on {split}")
