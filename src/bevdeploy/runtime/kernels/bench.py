@@ -229,9 +229,20 @@ def kernel_benchmarks(preset: Preset, *, num_points: int = 350_000, warmup: int 
                                 r[:2], head.post_center_range, head.score_threshold),
          (k + 10) * p * 4 + p * 11 * 4, 0),
     ]
+    return timing_rows(cases, lambda fn: _times(fn, warmup, repeats), rates)
+
+
+# One benchmark case: kernel name, what it works on, the call, bytes it must move, its MACs.
+Case = tuple[str, str, Callable[[], Any], int, int]
+
+
+def timing_rows(cases: list[Case], time_ms: Callable[[Callable[[], Any]], list[float]],
+                rates: MachineRates) -> list[KernelTiming]:
+    """Each case timed with ``time_ms`` (host clock on the CPU, CUDA events on a GPU) and set
+    beside its floor on ``rates``: one row per case, in order."""
     rows = []
     for name, work, fn, bytes_moved, macs in cases:
-        times = _times(fn, warmup, repeats)
+        times = time_ms(fn)
         floor_ms, basis = rates.floor(bytes_moved, macs)
         rows.append(KernelTiming(kernel=name, work=work, median_ms=statistics.median(times),
                                  p90_ms=float(np.percentile(times, 90)), floor_ms=floor_ms,

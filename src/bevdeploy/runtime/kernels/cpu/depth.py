@@ -68,6 +68,19 @@ def _depth_map(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, lidar2image: np.n
                 image[pixel[i]] = value[i]
 
 
+def check_projection(lidar2image: ArrayLike, img_aug: ArrayLike, image_size: tuple[int, int]
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """``lidar2image`` and ``img_aug`` as finite float64 (N, 4, 4) arrays and the image size as
+    two positive ints, or an ``InputError`` naming the bad one; shared with the CUDA kernel,
+    which takes the same host-side matrices."""
+    l2i = finite(as_array(lidar2image, _KERNEL, "lidar2image", np.float64, (None, 4, 4)),
+                 _KERNEL, "lidar2image")
+    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (l2i.shape[0], 4, 4)),
+                 _KERNEL, "img_aug")
+    height, width = positive_ints(image_size, 2, _KERNEL, "image_size")
+    return l2i, aug, (height, width)
+
+
 def depth_map(points: ArrayLike, lidar2image: ArrayLike, img_aug: ArrayLike,
               image_size: tuple[int, int]) -> np.ndarray:
     """(N, 1, H, W) float32 metric camera depth at the pixels the points project to, else 0.
@@ -82,12 +95,8 @@ def depth_map(points: ArrayLike, lidar2image: ArrayLike, img_aug: ArrayLike,
     if pts.shape[1] < 3:
         raise InputError(f"expected (P, F >= 3) points, got {pts.shape}", path=source(_KERNEL),
                          field="points")
-    l2i = finite(as_array(lidar2image, _KERNEL, "lidar2image", np.float64, (None, 4, 4)),
-                 _KERNEL, "lidar2image")
+    l2i, aug, (height, width) = check_projection(lidar2image, img_aug, image_size)
     n = l2i.shape[0]
-    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (n, 4, 4)), _KERNEL,
-                 "img_aug")
-    height, width = positive_ints(image_size, 2, _KERNEL, "image_size")
     out = np.zeros((n, 1, height, width), dtype=np.float32)
     xs, ys, zs = (pts[:, axis].astype(np.float64) for axis in range(3))
     _depth_map(xs, ys, zs, l2i, aug, height, width, out)

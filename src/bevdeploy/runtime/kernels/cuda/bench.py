@@ -15,7 +15,6 @@ the ``× floor`` column of ``bevdeploy bench-kernels --device cuda`` shows direc
 from __future__ import annotations
 
 import functools
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 from bevdeploy.presets import Preset
 from bevdeploy.runtime.kernels import cuda
 from bevdeploy.runtime.kernels.bench import (KernelTiming, MachineRates, _bicubic_resize_macs,
-                                             bench_inputs)
+                                             bench_inputs, timing_rows)
 
 _COPY_BYTES = 1 << 30  # 1 GiB: far past the H100's 50 MB L2
 _GEMM_SIZE = 4096
@@ -132,11 +131,4 @@ def cuda_kernel_benchmarks(preset: Preset, *, num_points: int = 350_000, warmup:
                              r[:2], head.post_center_range, head.score_threshold),
          (k + 10) * p * 4 + p * 11 * 4, 0),
     ]
-    rows = []
-    for name, work, fn, bytes_moved, macs in cases:
-        times = _event_times(fn, warmup, repeats)
-        floor_ms, basis = rates.floor(bytes_moved, macs)
-        rows.append(KernelTiming(kernel=name, work=work, median_ms=statistics.median(times),
-                                 p90_ms=float(np.percentile(times, 90)), floor_ms=floor_ms,
-                                 floor_basis=basis, bytes_moved=bytes_moved, macs=macs))
-    return rows
+    return timing_rows(cases, lambda fn: _event_times(fn, warmup, repeats), rates)

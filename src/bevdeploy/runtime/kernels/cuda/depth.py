@@ -21,7 +21,8 @@ import triton.language as tl
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, finite, positive_ints, source
+from bevdeploy.runtime.kernels.cpu._checks import source
+from bevdeploy.runtime.kernels.cpu.depth import check_projection
 from bevdeploy.runtime.kernels.cuda._launch import device_tensor, kernel, lanes, upload
 
 _KERNEL = "depth_map"
@@ -92,12 +93,8 @@ def depth_map(points: torch.Tensor, lidar2image: ArrayLike, img_aug: ArrayLike,
     if pts.shape[1] < 3:
         raise InputError(f"expected (P, F >= 3) points, got {tuple(pts.shape)}",
                          path=source(_KERNEL), field="points")
-    l2i = finite(as_array(lidar2image, _KERNEL, "lidar2image", np.float64, (None, 4, 4)),
-                 _KERNEL, "lidar2image")
+    l2i, aug, (height, width) = check_projection(lidar2image, img_aug, image_size)
     n = l2i.shape[0]
-    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (n, 4, 4)), _KERNEL,
-                 "img_aug")
-    height, width = positive_ints(image_size, 2, _KERNEL, "image_size")
     num_points, stride = pts.shape
     if num_points >= 2 ** 31:
         raise InputError(f"{num_points} points do not fit the kernel's int32 point indices",
