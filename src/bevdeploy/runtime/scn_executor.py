@@ -16,16 +16,17 @@ gather-GEMM kernels of ``bevdeploy.runtime.kernels.cpu.sparse_conv``:
   through a view, so the ``Transpose`` and the ``Reshape`` to ``(1, C·Z, X, Y)`` (channel
   ``c·Z + z``) are free views, libspconv's ScatterDense&Transpose fusion.
 
-Tensors are released after their last use. ``last_timings`` holds the seconds of the last
-``run``: one entry per executed step under its layer name (a fused conv's entry includes its
-Add and Relu, see ``fusions``), one ``rulebook:<key>`` entry per rulebook build, and
-``total``.
+Tensors are released after their last use. The plan (``plan_steps``: the fusions above and
+the last uses) is public because ``bevdeploy.runtime.scn_torch`` runs the same plan in torch.
+``last_timings`` holds the seconds of the last ``run``: one entry per executed step under its
+layer name (a fused conv's entry includes its Add and Relu, see ``fusions``), one
+``rulebook:<key>`` entry per rulebook build, and ``total``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numba
@@ -58,7 +59,7 @@ class _Sparse:
 
 
 @dataclass(frozen=True)
-class _ConvStep:
+class ConvStep:
     """A sparse conv with its epilogue; ``output`` is the last fused layer's output."""
 
     layer: SparseConv
@@ -75,7 +76,9 @@ class _ConvStep:
 
 
 @dataclass(frozen=True)
-class _LayerStep:
+class LayerStep:
+    """A layer run on its own (an unfused Add / Relu, ScatterDense, Transpose, Reshape)."""
+
     layer: ScnLayer
     dense_layout: tuple[int, ...] | None = None  # ScatterDense: the consumer's Transpose dims
 
@@ -84,7 +87,7 @@ class _LayerStep:
         return self.layer.name
 
 
-_Step = _ConvStep | _LayerStep
+Step = ConvStep | LayerStep
 
 
 def _kernel_weight(conv: SparseConv) -> np.ndarray:
@@ -95,7 +98,7 @@ def _kernel_weight(conv: SparseConv) -> np.ndarray:
     return np.ascontiguousarray(weight, dtype=np.float32)
 
 
-def _plan(graph: ScnGraph) -> list[_Step]:
+def plan_steps(graph: ScnGraph) -> list[Step]:
     """The layer list as executable steps, with conv epilogues and ScatterDense layouts fused."""
     consumers: dict[str, list[ScnLayer]] = {}
     produced_at = {graph.features.name: -1}
@@ -110,7 +113,7 @@ def _plan(graph: ScnGraph) -> list[_Step]:
             return users[0]
         return None
 
-    steps: list[_Step] = []
+    steps: list[Step] = []
     absorbed: set[str] = set()
     for index, layer in enumerate(graph.layers):
         if layer.name in absorbed:
@@ -130,21 +133,31 @@ def _plan(graph: ScnGraph) -> list[_Step]:
                 relu, output = True, then_relu.output
                 fused.append(then_relu.name)
             absorbed.update(fused)
-            steps.append(_ConvStep(layer, _kernel_weight(layer),
-                                   np.ascontiguousarray(layer.bias, dtype=np.float32), relu,
-                                   residual, output, tuple(fused)))
+            steps.append(ConvStep(layer, _kernel_weight(layer),
+                                  np.ascontiguousarray(layer.bias, dtype=np.float32), relu,
+                                  residual, output, tuple(fused)))
         elif isinstance(layer, ScatterDense):
             transpose = sole_consumer(layer.output, Transpose)
-            steps.append(_LayerStep(layer, transpose.dims if transpose is not None else None))
+            steps.append(LayerStep(layer, transpose.dims if transpose is not None else None))
         else:
-            steps.append(_LayerStep(layer))
+            steps.append(LayerStep(layer))
     return steps
 
 
-def _inputs_of(step: _Step) -> tuple[str, ...]:
-    if isinstance(step, _ConvStep):
+def step_inputs(step: Step) -> tuple[str, ...]:
+    """The tensors a step reads, a fused conv's residual included."""
+    if isinstance(step, ConvStep):
         return step.layer.inputs + ((step.residual,) if step.residual else ())
     return step.layer.inputs
+
+
+def last_uses(steps: Sequence[Step]) -> dict[str, int]:
+    """Tensor name → index of the last step reading it, so executors can release it there."""
+    last: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        for name in step_inputs(step):
+            last[name] = index
+    return last
 
 
 class ScnExecutor:
@@ -168,14 +181,11 @@ class ScnExecutor:
         self.sparse_shape = graph.sparse_shape
         self.in_channels = int(graph.features.shape[1])
         self.output_shape = tuple(int(d) for d in graph.output.shape)
-        self._steps = _plan(graph)
-        self._last_use: dict[str, int] = {}
-        for index, step in enumerate(self._steps):
-            for name in _inputs_of(step):
-                self._last_use[name] = index
+        self._steps = plan_steps(graph)
+        self._last_use = last_uses(self._steps)
         self.fusions: Mapping[str, tuple[str, ...]] = {
             step.name: step.fused for step in self._steps
-            if isinstance(step, _ConvStep) and step.fused}
+            if isinstance(step, ConvStep) and step.fused}
         self.last_timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------------------- run
@@ -223,7 +233,7 @@ class ScnExecutor:
             self.graph.features.name: _Sparse(feats, _Sites(coords, self.sparse_shape))}
         rulebooks: dict[str, Rulebook] = {}
         for index, step in enumerate(self._steps):
-            if isinstance(step, _ConvStep):
+            if isinstance(step, ConvStep):
                 x = tensors[step.layer.inputs[0]]
                 assert isinstance(x, _Sparse)
                 rulebook = self._rulebook(step.layer, x.sites, rulebooks, timings)
@@ -233,7 +243,7 @@ class ScnExecutor:
                 tick = time.perf_counter()
                 tensors[step.layer.output] = self._layer(step, tensors)
             timings[step.name] = time.perf_counter() - tick
-            for name in _inputs_of(step):
+            for name in step_inputs(step):
                 if self._last_use[name] == index:
                     del tensors[name]
         output = tensors[self.graph.output.name]
@@ -257,7 +267,7 @@ class ScnExecutor:
         cache[key] = rulebook
         return rulebook
 
-    def _conv(self, step: _ConvStep, x: _Sparse, rulebook: Rulebook,
+    def _conv(self, step: ConvStep, x: _Sparse, rulebook: Rulebook,
               tensors: dict[str, _Sparse | np.ndarray]) -> _Sparse:
         residual = None
         if step.residual is not None:
@@ -270,7 +280,7 @@ class ScnExecutor:
                                                        rulebook.out_spatial_shape)
         return _Sparse(out, sites)
 
-    def _layer(self, step: _LayerStep,
+    def _layer(self, step: LayerStep,
                tensors: dict[str, _Sparse | np.ndarray]) -> _Sparse | np.ndarray:
         layer = step.layer
         x = tensors[layer.inputs[0]]
