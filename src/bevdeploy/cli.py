@@ -233,7 +233,9 @@ def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name
 
 GPU_CONFIG_HELP = ("GPU switches of torch-cuda / tensorrt, '+'-joined: fp32|fp16|bf16 "
                    "(torch-cuda), cl (channels-last, torch-cuda), graph (CUDA graphs), streams "
-                   "(camera and LiDAR branches on two CUDA streams); e.g. fp16+cl+graph+streams.")
+                   "(camera and LiDAR branches on two CUDA streams), host (normalize, depth, "
+                   "voxelize, SCN and decode on the CPU instead of the GPU); e.g. "
+                   "fp16+cl+graph+streams.")
 
 
 SCHEDULE_HELP = ("CPU backends: sequential, or branches (camera and LiDAR branches on two "
@@ -836,10 +838,10 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
                                                          "each (default fp32); CPU backends "
                                                          "ignore it."),
           gpu_ladder: bool = typer.Option(False, "--gpu-ladder", help="GPU backends run the "
-                                          "ladder fp32, fp16, fp16+cl, fp16+cl+graph, "
-                                          "fp16+cl+graph+streams (tensorrt: fp32, graph, "
-                                          "graph+streams), one switch added per step, so each "
-                                          "step shows its worth."),
+                                          "ladder fp32+host, fp32, fp16, fp16+cl, "
+                                          "fp16+cl+graph, fp16+cl+graph+streams (tensorrt: "
+                                          "fp32+host, fp32, graph, graph+streams), one switch "
+                                          "changed per step, so each step shows its worth."),
           reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time "
                                          "the PyTorch eager reference and print ratios to it."),
           checkpoint: Optional[Path] = typer.Option(None, help="Weights of the reference "

@@ -90,16 +90,25 @@ def onnxruntime_providers() -> Check:
     return Check("onnxruntime providers", True, ", ".join(ort.get_available_providers()))
 
 
-def backend_checks(cuda: Check, tensorrt: Check) -> list[Check]:
-    """One row per ``--backend``: usable here, or the first missing piece."""
+def backend_checks(cuda: Check, triton: Check, tensorrt: Check) -> list[Check]:
+    """One row per ``--backend``: usable here, or the first missing piece. Both GPU backends
+    run under the CUDA schedule, whose kernels (BEV pooling at least) are Triton's."""
     rows = [Check("backend onnxruntime", _version("onnxruntime") is not None,
                   "CPU execution provider" if _version("onnxruntime") else "not installed")]
-    rows.append(Check("backend torch-cuda", cuda.ok, "ONNX → PyTorch modules on "
-                      f"{cuda.detail}" if cuda.ok else f"needs CUDA torch: {cuda.detail}"))
+    if not cuda.ok:
+        rows.append(Check("backend torch-cuda", False, f"needs CUDA torch: {cuda.detail}"))
+    elif not triton.ok:
+        rows.append(Check("backend torch-cuda", False, f"needs triton for the CUDA kernels "
+                          f"(pip install 'bevdeploy[gpu]'): {triton.detail}"))
+    else:
+        rows.append(Check("backend torch-cuda", True, f"ONNX → PyTorch modules on {cuda.detail}"))
     if not tensorrt.ok:
         trt = Check("backend tensorrt", False, f"needs tensorrt: {tensorrt.detail}")
     elif not cuda.ok:
         trt = Check("backend tensorrt", False, f"needs CUDA torch for its buffers: {cuda.detail}")
+    elif not triton.ok:
+        trt = Check("backend tensorrt", False, f"needs triton for the CUDA kernels: "
+                    f"{triton.detail}")
     else:
         trt = Check("backend tensorrt", True, f"{tensorrt.detail}; engines from `bevdeploy "
                     "build` run only on this GPU and TensorRT version")
@@ -107,6 +116,6 @@ def backend_checks(cuda: Check, tensorrt: Check) -> list[Check]:
 
 
 def run_checks() -> list[Check]:
-    cuda, tensorrt = cuda_check(), tensorrt_check()
-    return [*package_checks(), onnxruntime_providers(), cuda, triton_check(), tensorrt,
-            *backend_checks(cuda, tensorrt)]
+    cuda, triton, tensorrt = cuda_check(), triton_check(), tensorrt_check()
+    return [*package_checks(), onnxruntime_providers(), cuda, triton, tensorrt,
+            *backend_checks(cuda, triton, tensorrt)]

@@ -184,9 +184,11 @@ def test_the_ladders_add_one_switch_per_step(trained_tiny_package):
                              schedules=["sequential"], threads=2, reference=False,
                              checkpoint=None, precision=None, gpu_ladder=True)
     assert [(v.backend, v.label.split(" · ")[-1], v.gpu_config) for v in variants] == [
+        ("torch-cuda", "fp32+host", "fp32+host"),
         ("torch-cuda", "fp32", "fp32"), ("torch-cuda", "fp16", "fp16"),
         ("torch-cuda", "fp16+cl", "fp16+cl"), ("torch-cuda", "fp16+cl+graph", "fp16+cl+graph"),
         ("torch-cuda", "fp16+cl+graph+streams", "fp16+cl+graph+streams"),
+        ("tensorrt", "engine+host", "fp32+host"),
         ("tensorrt", "engine", "fp32"), ("tensorrt", "engine+graph", "fp32+graph"),
         ("tensorrt", "engine+graph+streams", "fp32+graph+streams")]
 

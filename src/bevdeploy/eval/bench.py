@@ -79,7 +79,7 @@ DENSE_MODULE_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 # Stage rows in pipeline order; a variant without a stage shows "—".
-STAGE_ORDER = ("points", "voxelize", "scn", "normalize", "depth", "geometry", "camera.backbone",
+STAGE_ORDER = ("points", "upload", "voxelize", "scn", "normalize", "depth", "geometry", "camera.backbone",
                "bevpool", "camera.vtransform", "fuser", "head.bbox", "decode")
 
 TOTAL_INCLUDES = {
@@ -90,7 +90,8 @@ TOTAL_INCLUDES = {
         "float32 calibration differs from the previous frame's: on real nuScenes every frame, "
         "whose camera2lidar carries the ego motion; row 'geometry computed' says how often it "
         "was here), bevpool, camera.vtransform, fuser, head.bbox, decode. Not included: "
-        "reading and decoding the files; there is no host↔device copy on the CPU. Under the "
+        "reading and decoding the files; there is no host↔device copy on the CPU (on a GPU, row "
+        "'upload' is the copy of the points and raw images to the device). Under the "
         "frames schedule a frame's total is its latency from the start of its preparation "
         "(queue waits included) and stages of different threads overlap."),
     "reference": (

@@ -1,26 +1,36 @@
 """``CudaSchedule``: a ``Pipeline`` schedule for the GPU backends (``torch-cuda``, ``tensorrt``).
 
-CUDA-BEVFusion runs every stage one after another on one stream (spec/deploy.md §5). Here the
-two branches overlap and the data stays on the device between the dense modules:
+CUDA-BEVFusion runs every stage one after another on one stream, with a host sync in the
+middle of voxelization (spec/deploy.md §5). Here the frame's data goes to the device once and
+stays there, and the two branches overlap:
 
-* **camera stream**: normalize and depth (CPU kernels) → host→device copy → ``camera.backbone``
-  → BEV pooling on the device (``kernels.cuda``: the geometry plan is built on the device once
-  per calibration, the pooled grid written into one reused buffer) → ``camera.vtransform``;
-* **LiDAR**: voxelization and the SCN stay on the CPU (TensorRT has no sparse convolution; the
-  SCN executor is ours) on a worker thread, whose BEV map is copied up on the **LiDAR stream**;
-* the fuser waits on an event of each stream, then fuser → head on the current stream, and the
-  head outputs come back to the CPU for the box decode (the one synchronisation of the frame).
+* the points are range-filtered on the CPU (it also shrinks the upload and checks the
+  package's point bound), then copied up once with the raw uint8 images;
+* **camera stream**: normalize and depth (``kernels.cuda``) → ``camera.backbone`` → geometry
+  plan (built on the device once per calibration) → BEV pooling into one reused buffer →
+  ``camera.vtransform``;
+* **LiDAR stream**: voxelize (``kernels.cuda``) → the SCN on torch (``TorchScnExecutor``);
+  the branch waits for the device twice, for the voxel count (the SCN's shapes) and in
+  ``torch.unique`` of each strided rulebook: it is enqueued after the camera branch, so the
+  GPU works on the camera while the host waits;
+* the fuser waits on an event of each stream, then fuser → head → decode (``kernels.cuda``)
+  on the current stream; the kept boxes come back to the host (the frame's last sync).
 
-Switches, so that ``bench`` can show what each is worth: ``streams`` here (False: both branches
-on the calling thread and the current stream, in sequence, as CUDA-BEVFusion does), and in the
-runners' ``GpuOptions``: ``precision`` (fp16), ``channels_last``, ``cuda_graph`` (each dense
-module captured once and replayed). A CUDA graph of the *whole* frame is not possible while
-normalize, depth, voxelize and the SCN run on the CPU between the modules; per-module graphs
-capture every launch of the dense work.
+Switches, so that ``bench`` can show what each is worth: ``streams`` (False: both branches on
+the current stream, one after the other, as CUDA-BEVFusion does); ``host_kernels`` (True:
+normalize, depth, voxelize, the SCN executor and decode on the CPU as in the CPU backends,
+only the dense modules, geometry and BEV pooling on the device; the LiDAR branch then runs on
+a worker thread); ``precision`` of the SCN on the device (the runners' own precision,
+channels-last and CUDA graphs are their ``GpuOptions``). A CUDA graph of the *whole* frame is
+not possible: the voxel count shapes the SCN. Per-module graphs capture the dense work.
+
+``device="cpu"`` runs the same schedule on CPU tensors (one stream; the Triton kernels in
+Triton's interpreter, thousands of times slower than a GPU): how the schedule is checked
+against the CPU backends on machines without a GPU.
 
 The stage timings of device work measure the time to *enqueue* it (the GPU runs
-asynchronously); ``total`` is the true wall time of the frame, the decode having synchronised.
-On a machine without CUDA, constructing the schedule raises ``ConfigError`` ("needs CUDA").
+asynchronously), except where the host waits; ``total`` is the true wall time of the frame.
+On a machine without CUDA, a CUDA device raises ``ConfigError`` ("needs CUDA").
 """
 
 from __future__ import annotations
@@ -28,95 +38,192 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.data.preprocess import lidar2image
 from bevdeploy.errors import ConfigError
-from bevdeploy.runtime.backends.gpu import GpuOptions, cuda_unusable_reason, resolve_device
+from bevdeploy.runtime.backends.gpu import (GpuOptions, Precision, cuda_unusable_reason,
+                                            float_dtype, resolve_device)
+from bevdeploy.runtime.stages.decode import HEAD_OUTPUTS
 from bevdeploy.runtime.stages.geometry import calibration_key
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from bevdeploy.runtime.pipeline import Pipeline, StageTimer
+    from bevdeploy.runtime.scn_torch import TorchScnExecutor
 
 
 class CudaSchedule:
     """``schedule(pipeline, frame, timer) -> Detections`` for a pipeline on a GPU backend.
 
-    One instance serves one pipeline (it keeps that pipeline's device geometry plan and pooled
-    BEV buffer); like the pipeline, it runs one frame at a time.
+    One instance serves one pipeline (it keeps that pipeline's device geometry plan, pooled
+    BEV buffer and SCN weights); like the pipeline, it runs one frame at a time.
     """
 
-    def __init__(self, *, streams: bool = True, device: str = "cuda") -> None:
-        reason = cuda_unusable_reason()
-        if reason is not None:
-            raise ConfigError(f"the cuda schedule needs CUDA: {reason}", field="schedule")
+    def __init__(self, *, streams: bool = True, device: str = "cuda",
+                 host_kernels: bool = False, precision: Precision = "fp32") -> None:
+        on_cpu = device.split(":")[0] == "cpu"
+        if on_cpu and streams:
+            raise ConfigError("CUDA streams need a CUDA device; got device 'cpu'",
+                              field="streams")
+        if not on_cpu:
+            reason = cuda_unusable_reason()
+            if reason is not None:
+                raise ConfigError(f"the cuda schedule needs CUDA: {reason}", field="schedule")
         import torch
 
-        self.device = resolve_device(GpuOptions(device=device), "cuda schedule", allow_cpu=False)
+        self.device = resolve_device(GpuOptions(device=device), "cuda schedule",
+                                     allow_cpu=on_cpu)
         self.streams = streams
+        self.host_kernels = host_kernels
+        self.scn_dtype = float_dtype(precision)
         self._camera_stream = torch.cuda.Stream(self.device) if streams else None
         self._lidar_stream = torch.cuda.Stream(self.device) if streams else None
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="lidar") if streams else None
-        self._lidar_done: torch.cuda.Event | None = None  # set by the LiDAR worker
+        # only the host LiDAR branch (CPU SCN) needs a thread to overlap the camera's launches
+        self._worker = (ThreadPoolExecutor(1, thread_name_prefix="lidar")
+                        if streams and host_kernels else None)
+        self._lidar_done: torch.cuda.Event | None = None  # set by the LiDAR branch
         self._plan_key: bytes | None = None
         self._plan: Any = None
         self._pooled: torch.Tensor | None = None
+        self._scn: TorchScnExecutor | None = None
 
     def __call__(self, pipeline: "Pipeline", frame: Frame, timer: "StageTimer") -> Detections:
-        import torch
-
         _check_runners(pipeline)
         points = pipeline.select_points(frame, timer)
-        if not self.streams:
-            lidar_bev = self._lidar(pipeline, points, timer)
-            camera_bev = self._camera(pipeline, frame, points, timer)
+        if self.host_kernels:
+            camera_bev, lidar_bev = self._host_branches(pipeline, frame, points, timer)
         else:
-            assert self._worker is not None and self._camera_stream is not None
-            lidar_job = self._worker.submit(self._lidar, pipeline, points, timer)
-            with torch.cuda.stream(self._camera_stream):
-                camera_bev = self._camera(pipeline, frame, points, timer)
-                camera_done = torch.cuda.current_stream().record_event()
-            lidar_bev = lidar_job.result()
-            current = torch.cuda.current_stream()
-            current.wait_event(camera_done)
-            assert self._lidar_done is not None
-            current.wait_event(self._lidar_done)
-            # Allocated on the branch streams, consumed on this one: keep the allocator from
-            # reusing their memory before this stream is done with them.
-            camera_bev.record_stream(current)
-            lidar_bev.record_stream(current)
+            with timer("upload"):
+                device_points, images = self._upload(points), self._upload(frame.images)
+            camera_bev, lidar_bev = self._device_branches(pipeline, frame, device_points,
+                                                          images, timer)
         return self._detect(pipeline, camera_bev, lidar_bev, timer)
+
+    # ---- the two ways to run the branches -------------------------------------------------
+
+    def _host_branches(self, pipeline: "Pipeline", frame: Frame, points: np.ndarray,
+                       timer: "StageTimer") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """The LiDAR branch on the CPU (a worker thread with streams), the camera's kernels on
+        the CPU, its dense work on the device."""
+        import torch
+
+        if not self.streams:
+            lidar_bev = self._host_lidar(pipeline, points, timer)
+            return self._camera(pipeline, frame, *self._host_camera_inputs(
+                pipeline, frame, points, timer), timer), lidar_bev
+        assert self._worker is not None and self._camera_stream is not None
+        lidar_job = self._worker.submit(self._host_lidar, pipeline, points, timer)
+        with torch.cuda.stream(self._camera_stream):
+            camera_bev = self._camera(pipeline, frame, *self._host_camera_inputs(
+                pipeline, frame, points, timer), timer)
+            camera_done = torch.cuda.current_stream().record_event()
+        lidar_bev = lidar_job.result()
+        return self._join(camera_bev, camera_done, lidar_bev)
+
+    def _device_branches(self, pipeline: "Pipeline", frame: Frame, points: "torch.Tensor",
+                         images: "torch.Tensor", timer: "StageTimer"
+                         ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Both branches on the device: the camera's enqueued first (it never waits for the
+        GPU), then the LiDAR's (which does, for its shapes)."""
+        import torch
+
+        if not self.streams:
+            camera_bev = self._camera(pipeline, frame, *self._device_camera_inputs(
+                pipeline, frame, points, images, timer), timer)
+            return camera_bev, self._device_lidar(pipeline, points, timer)
+        assert self._camera_stream is not None and self._lidar_stream is not None
+        uploaded = torch.cuda.current_stream().record_event()
+        with torch.cuda.stream(self._camera_stream):
+            self._camera_stream.wait_event(uploaded)
+            camera_bev = self._camera(pipeline, frame, *self._device_camera_inputs(
+                pipeline, frame, points, images, timer), timer)
+            camera_done = torch.cuda.current_stream().record_event()
+        with torch.cuda.stream(self._lidar_stream):
+            self._lidar_stream.wait_event(uploaded)
+            lidar_bev = self._device_lidar(pipeline, points, timer)
+            self._lidar_done = torch.cuda.current_stream().record_event()
+        # read on the branch streams, allocated on this one
+        for stream in (self._camera_stream, self._lidar_stream):
+            points.record_stream(stream)
+        images.record_stream(self._camera_stream)
+        return self._join(camera_bev, camera_done, lidar_bev)
+
+    def _join(self, camera_bev: "torch.Tensor", camera_done: "torch.cuda.Event",
+              lidar_bev: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Make the current stream wait for both branches' events."""
+        import torch
+
+        current = torch.cuda.current_stream()
+        current.wait_event(camera_done)
+        assert self._lidar_done is not None
+        current.wait_event(self._lidar_done)
+        # Allocated on the branch streams, consumed on this one: keep the allocator from
+        # reusing their memory before this stream is done with them.
+        camera_bev.record_stream(current)
+        lidar_bev.record_stream(current)
+        return camera_bev, lidar_bev
 
     # ---- the branches ---------------------------------------------------------------------
 
-    def _lidar(self, pipeline: "Pipeline", points: "np.ndarray", timer: "StageTimer"
-               ) -> "torch.Tensor":
-        """Voxelize + SCN on the CPU, the BEV map copied to the device on the LiDAR stream."""
+    def _host_lidar(self, pipeline: "Pipeline", points: np.ndarray, timer: "StageTimer"
+                    ) -> "torch.Tensor":
+        """Voxelize + SCN executor on the CPU, the BEV map copied up on the LiDAR stream."""
         import torch
 
-        bev = torch.from_numpy(pipeline.lidar_branch(points, timer)).pin_memory()
+        bev = pipeline.lidar_branch(points, timer)
         if self._lidar_stream is None:
-            return bev.to(self.device, non_blocking=True)
+            return self._upload(bev)
         with torch.cuda.stream(self._lidar_stream):
-            device_bev = bev.to(self.device, non_blocking=True)
+            device_bev = self._upload(bev)
             self._lidar_done = torch.cuda.current_stream().record_event()
         return device_bev
 
-    def _camera(self, pipeline: "Pipeline", frame: Frame, points: "np.ndarray",
-                timer: "StageTimer") -> "torch.Tensor":
+    def _device_lidar(self, pipeline: "Pipeline", points: "torch.Tensor",
+                      timer: "StageTimer") -> "torch.Tensor":
+        """Voxelize and the SCN on the device, on the current stream."""
+        p = pipeline.voxelize.params
+        with timer(pipeline.voxelize.name):
+            feats, coords, _, count = _cuda_kernels().voxelize(
+                points, p.voxel_size, p.point_cloud_range[:3], np.asarray(p.grid_size, np.int32),
+                p.max_points_per_voxel, p.max_voxels)
+            voxels = int(count)  # the SCN's shapes: the branch's first wait for the device
+        with timer(pipeline.scn.name):
+            return self._scn_executor(pipeline).run(feats[:voxels], coords[:voxels])
+
+    def _host_camera_inputs(self, pipeline: "Pipeline", frame: Frame, points: np.ndarray,
+                            timer: "StageTimer") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Normalized images and depth from the CPU kernels, copied up."""
+        with timer(pipeline.normalize.name):
+            img = self._upload(pipeline.normalize.run(frame.images))
+        with timer(pipeline.depth.name):
+            depth = self._upload(pipeline.depth.run(points, lidar2image(frame.calib)))
+        return img, depth
+
+    def _device_camera_inputs(self, pipeline: "Pipeline", frame: Frame, points: "torch.Tensor",
+                              images: "torch.Tensor", timer: "StageTimer"
+                              ) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Normalized images and depth from the device kernels (the stages' parameters)."""
+        cuda = _cuda_kernels()
+        n = pipeline.normalize.params
+        with timer(pipeline.normalize.name):
+            img = cuda.normalize(images, n.resize, n.resized_size, n.crop_offset, n.image_size,
+                                 np.asarray(n.mean, np.float32), np.asarray(n.std, np.float32))
+        d = pipeline.depth.params
+        with timer(pipeline.depth.name):
+            depth = cuda.depth_map(points, lidar2image(frame.calib).astype(np.float32),
+                                   d.img_aug, d.image_size)[None]
+        return img, depth
+
+    def _camera(self, pipeline: "Pipeline", frame: Frame, img: "torch.Tensor",
+                depth: "torch.Tensor", timer: "StageTimer") -> "torch.Tensor":
+        """Device images and depth → camera BEV on the device, on the current stream."""
         import torch
 
-        with timer(pipeline.normalize.name):
-            img = torch.from_numpy(pipeline.normalize.run(frame.images)).pin_memory()
-        with timer(pipeline.depth.name):
-            depth = torch.from_numpy(pipeline.depth.run(points, lidar2image(frame.calib)))
-            depth = depth.pin_memory()
         with timer("camera.backbone"):
-            out = pipeline.runners["camera.backbone"].run_device({
-                "img": img.to(self.device, non_blocking=True),
-                "depth": depth.to(self.device, non_blocking=True)})
+            out = pipeline.runners["camera.backbone"].run_device({"img": img, "depth": depth})
         with timer(pipeline.geometry.name):
             plan = self._device_plan(pipeline, frame)
         with timer(pipeline.bevpool.name):
@@ -137,15 +244,44 @@ class CudaSchedule:
                 {"camera": camera_bev, "lidar": lidar_bev})["middle"]
         with timer("head.bbox"):
             outputs = pipeline.runners["head.bbox"].run_device({"middle": middle})
-            host = {name: tensor.float().cpu().numpy() for name, tensor in outputs.items()}
         with timer(pipeline.decode.name):
-            return pipeline.decode.run(host)
+            if self.host_kernels:
+                return pipeline.decode.run({name: tensor.float().cpu().numpy()
+                                            for name, tensor in outputs.items()})
+            p = pipeline.decode.params
+            boxes, scores, labels = _cuda_kernels().decode(
+                *(outputs[name][0].float() for name in HEAD_OUTPUTS), p.out_size_factor,
+                p.voxel_size, p.pc_range_min, p.post_center_range, p.score_threshold)
+            return Detections(boxes.cpu().numpy(), scores.cpu().numpy(), labels.cpu().numpy(),
+                              p.class_names)
+
+    # ---- per-pipeline state ---------------------------------------------------------------
+
+    def _upload(self, array: np.ndarray) -> "torch.Tensor":
+        """``array`` on the device: staged in pinned memory (the one host copy, which also
+        takes read-only frame arrays), then copied without blocking the host."""
+        import torch
+
+        if self.device.type == "cpu":
+            return torch.from_numpy(array if array.flags.writeable else array.copy())
+        # what it uploads: raw uint8 images, float32 points (and the host kernels' results)
+        dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}[array.dtype]
+        staged = torch.empty(array.shape, dtype=dtype, pin_memory=True)
+        staged.numpy()[...] = array
+        return staged.to(self.device, non_blocking=True)
+
+    def _scn_executor(self, pipeline: "Pipeline") -> "TorchScnExecutor":
+        """The package's SCN on the device, its weights converted on the first frame."""
+        if self._scn is None:
+            from bevdeploy.runtime.scn_torch import TorchScnExecutor
+
+            self._scn = TorchScnExecutor(pipeline.scn.executor.graph, device=self.device,
+                                         dtype=self.scn_dtype)
+        return self._scn
 
     def _device_plan(self, pipeline: "Pipeline", frame: Frame) -> Any:
         """The geometry plan on the device, rebuilt only when the calibration changes (the same
         float32 key as the CPU ``GeometryStage``)."""
-        import numpy as np
-
         p = pipeline.geometry.params
         camera2lidar = np.ascontiguousarray(frame.calib.camera2lidar, dtype=np.float32)
         intrinsics = np.ascontiguousarray(frame.calib.intrinsics, dtype=np.float32)

@@ -1,8 +1,11 @@
-"""``CudaSchedule``: the camera and LiDAR branches on two CUDA streams joined before the fuser.
+"""``CudaSchedule``: the frame on the device, camera and LiDAR branches on two CUDA streams
+joined before the fuser.
 
-Only a CUDA device can run it; here it must import and refuse cleanly. On a GPU its detections
-are held to ONNX Runtime's on the CPU at ``bevdeploy compare``'s FP32 limits (the device BEV
-pooling sums in another order than the CPU kernel), with and without the second stream.
+Its detections are held to ONNX Runtime's on the CPU at ``bevdeploy compare``'s FP32 limits
+(the device BEV pooling sums in another order than the CPU kernel). Without a GPU the schedule
+runs on CPU tensors (``device="cpu"``: one stream, the Triton kernels interpreted, the SCN on
+torch's CPU), which checks all of its code but the streams, pinned copies and graphs; on a GPU,
+with and without the second stream, and with the frame's kernels on the device or the host.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.errors import ConfigError
 from bevdeploy.eval.compare import Tolerances, box_failures, match_boxes
 from bevdeploy.runtime import Pipeline
+from bevdeploy.runtime.backends import GpuOptions
 from bevdeploy.runtime.cuda_schedule import CudaSchedule
 
 
@@ -22,6 +26,33 @@ def test_without_cuda_the_schedule_refuses_cleanly():
     with pytest.raises(ConfigError, match="the cuda schedule needs CUDA: ") as err:
         CudaSchedule()
     assert err.value.field == "schedule"
+
+
+def test_streams_on_the_cpu_are_refused():
+    with pytest.raises(ConfigError, match="streams need a CUDA device") as err:
+        CudaSchedule(device="cpu")
+    assert err.value.field == "streams"
+
+
+@pytest.mark.parametrize("host_kernels", [False, True], ids=["device_kernels", "host_kernels"])
+def test_on_cpu_tensors_the_detections_equal_onnxruntime(trained_tiny_package, synthetic_world,
+                                                         host_kernels):
+    pytest.importorskip("triton", reason="the device kernels are Triton's (the gpu extra)")
+    tol = Tolerances.for_precision("fp32")
+    loader = NuScenesLoader(synthetic_world, version="v1.0-mini", split="mini_val", preset="tiny")
+    reference = Pipeline(trained_tiny_package, threads=2)
+    schedule = CudaSchedule(streams=False, device="cpu", host_kernels=host_kernels)
+    on_cpu = Pipeline(trained_tiny_package, backend="torch-cuda", threads=2,
+                      runner_options=GpuOptions(threads=2, device="cpu"), schedule=schedule)
+    for i in range(2):
+        expected, got = reference.run(loader[i]), on_cpu.run(loader[i])
+        metrics, _ = match_boxes(expected, got, tol)
+        assert metrics.judged_reference >= 10 and not box_failures(metrics, tol)
+        assert metrics.max_centre_m <= 1e-3  # FP32 everywhere: far inside the 1 cm limit
+    stages = {"voxelize", "scn", "normalize", "depth", "camera.backbone", "bevpool", "fuser",
+              "decode", "total"}
+    assert stages <= set(on_cpu.last_timings)
+    assert ("upload" in on_cpu.last_timings) is not host_kernels
 
 
 @pytest.mark.gpu
@@ -33,13 +64,15 @@ def test_a_host_backend_is_refused(trained_tiny_package, synthetic_world):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("host_kernels", [False, True], ids=["device_kernels", "host_kernels"])
 @pytest.mark.parametrize("streams", [True, False], ids=["two_streams", "one_stream"])
-def test_detections_equal_onnxruntime(trained_tiny_package, synthetic_world, streams):
+def test_detections_equal_onnxruntime(trained_tiny_package, synthetic_world, streams,
+                                      host_kernels):
     tol = Tolerances.for_precision("fp32")
     loader = NuScenesLoader(synthetic_world, version="v1.0-mini", split="mini_val", preset="tiny")
     reference = Pipeline(trained_tiny_package, threads=2)
     gpu = Pipeline(trained_tiny_package, backend="torch-cuda", threads=2,
-                   schedule=CudaSchedule(streams=streams))
+                   schedule=CudaSchedule(streams=streams, host_kernels=host_kernels))
     for i in range(2):
         metrics, _ = match_boxes(reference.run(loader[i]), gpu.run(loader[i]), tol)
         assert metrics.judged_reference >= 10 and not box_failures(metrics, tol)

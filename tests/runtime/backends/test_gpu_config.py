@@ -1,4 +1,5 @@
-"""``GpuConfig`` (the ``--gpu-config`` string: precision, ``cl``, ``graph``, ``streams``) and
+"""``GpuConfig`` (the ``--gpu-config`` string: precision, ``cl``, ``graph``, ``streams``,
+``host``) and
 ``Pipeline(runner_options=...)``, the way its switches reach the runners.
 
 Parsing is plain logic. The wiring is checked on the trained tiny package with torch-cuda on the
@@ -10,6 +11,7 @@ That those runners' detections equal ONNX Runtime's is ``test_torch_cuda.py``'s
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields
 
 import onnxruntime as ort
 import pytest
@@ -29,6 +31,7 @@ from bevdeploy.runtime.backends.gpu import (GPU_LADDER, GPU_TOKENS, PRECISIONS, 
     ("graph", GpuConfig(cuda_graph=True)),
     ("fp16+graph+streams", GpuConfig(precision="fp16", cuda_graph=True, streams=True)),
     ("streams+cl+fp16+graph", GpuConfig("fp16", True, True, True)),  # any order
+    ("host+bf16", GpuConfig(precision="bf16", host_kernels=True)),
     (" FP16 + Graph ", GpuConfig(precision="fp16", cuda_graph=True)),  # case, spaces
 ])
 def test_parse_reads_every_token(text, expected):
@@ -36,19 +39,24 @@ def test_parse_reads_every_token(text, expected):
 
 
 def test_the_label_is_canonical_and_parses_back():
-    switches = ("cl", "graph", "streams")
+    switches = ("cl", "graph", "streams", "host")
     seen = set()
     for precision in PRECISIONS:
         for on in itertools.chain.from_iterable(itertools.combinations(switches, k)
-                                                for k in range(4)):
+                                                for k in range(5)):
             config = GpuConfig.parse("+".join([*reversed(on), precision]))
             assert config.label == "+".join([precision, *on])
             assert GpuConfig.parse(config.label) == config
             seen.add(config)
-    assert len(seen) == 3 * 8  # every combination is a distinct config
+    assert len(seen) == 3 * 16  # every combination is a distinct config
     assert [GpuConfig.parse(t).label for t in GPU_LADDER] == list(GPU_LADDER)
     assert [GpuConfig.parse(t).label for t in TENSORRT_LADDER] == [
-        "fp32", "fp32+graph", "fp32+graph+streams"]
+        "fp32+host", "fp32", "fp32+graph", "fp32+graph+streams"]
+    # each step of a ladder changes one switch, or the precision, of the step before
+    for ladder in (GPU_LADDER, TENSORRT_LADDER):
+        for before, after in itertools.pairwise(ladder):
+            a, b = GpuConfig.parse(before), GpuConfig.parse(after)
+            assert sum(getattr(a, f.name) != getattr(b, f.name) for f in fields(GpuConfig)) == 1
 
 
 @pytest.mark.parametrize("text, names", [

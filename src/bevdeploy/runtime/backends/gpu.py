@@ -53,14 +53,17 @@ class GpuOptions(RunnerOptions):
 
 # The switch tokens of a ``GpuConfig`` besides its precision, in label order, and the field each
 # one turns on.
-SWITCHES: dict[str, str] = {"cl": "channels_last", "graph": "cuda_graph", "streams": "streams"}
+SWITCHES: dict[str, str] = {"cl": "channels_last", "graph": "cuda_graph", "streams": "streams",
+                            "host": "host_kernels"}
 GPU_TOKENS: tuple[str, ...] = (*PRECISIONS, *SWITCHES)
 # ``bench --gpu-ladder``: one switch added per step, so that each step's gain is what that switch
 # is worth. A TensorRT engine's precision and layouts are fixed when it is built, so its ladder
 # climbs the graph and stream steps only.
-GPU_LADDER: tuple[str, ...] = ("fp32", "fp16", "fp16+cl", "fp16+cl+graph",
+# The first step keeps the frame's kernels on the CPU (``host``): the next one shows what moving
+# them to the device is worth.
+GPU_LADDER: tuple[str, ...] = ("fp32+host", "fp32", "fp16", "fp16+cl", "fp16+cl+graph",
                                "fp16+cl+graph+streams")
-TENSORRT_LADDER: tuple[str, ...] = ("fp32", "graph", "graph+streams")
+TENSORRT_LADDER: tuple[str, ...] = ("fp32+host", "fp32", "graph", "graph+streams")
 
 
 @dataclass(frozen=True)
@@ -72,16 +75,19 @@ class GpuConfig:
     ``fp16``, ``bf16`` (``fp32`` when none is given), ``cl`` (channels-last), ``graph`` (each
     dense module captured in a CUDA graph), ``streams`` (``CudaSchedule`` with the camera and
     LiDAR branches on two CUDA streams; without it a CUDA device runs them one after the other
-    on one stream, as CUDA-BEVFusion does). The first three become the runners' ``GpuOptions``,
-    ``streams`` the pipeline's schedule: the CPU schedules (sequential, branches, frames) keep
-    tensors on the host between the modules, so a GPU backend on CUDA always runs under
-    ``CudaSchedule``.
+    on one stream, as CUDA-BEVFusion does), ``host`` (normalize, depth, voxelize, the SCN and
+    decode on the CPU, as the CPU backends run them; without it they run on the device, the
+    SCN in the config's precision). The first three become the runners' ``GpuOptions``,
+    ``streams``, ``host`` and the precision the pipeline's schedule: the CPU schedules
+    (sequential, branches, frames) keep tensors on the host between the modules, so a GPU
+    backend on CUDA always runs under ``CudaSchedule``.
     """
 
     precision: Precision = "fp32"
     channels_last: bool = False
     cuda_graph: bool = False
     streams: bool = False
+    host_kernels: bool = False
 
     @classmethod
     def parse(cls, text: str, *, field: str = "--gpu-config") -> "GpuConfig":
@@ -146,7 +152,8 @@ class GpuConfig:
             return "sequential"
         from bevdeploy.runtime.cuda_schedule import CudaSchedule
 
-        return CudaSchedule(streams=self.streams, device=device)
+        return CudaSchedule(streams=self.streams, device=device, host_kernels=self.host_kernels,
+                            precision=self.precision)
 
 
 def import_torch(backend: str) -> Any:
