@@ -733,21 +733,39 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                                                     "pair (one .npz per frame) here."),
                 json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the "
                                                         "report as JSON."),
-                threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads.")
+                threads: Optional[int] = typer.Option(None, min=1, help="Runtime CPU threads."),
+                backend: str = typer.Option("onnxruntime", help="Deployed side: onnxruntime, "
+                                            "torch-cuda or tensorrt."),
+                gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP + " A "
+                                                         "precision other than fp32 selects "
+                                                         "its limits unless --precision is "
+                                                         "given.")
                 ) -> None:
     """Reference vs deployed package, stage by stage and box by box (max-abs, mean-abs,
     cosine, NaN/Inf) against per-precision tolerances; exits 1 when any stage fails."""
     from bevdeploy.data.nuscenes import NuScenesLoader
+    from bevdeploy.errors import ConfigError
     from bevdeploy.eval.compare import Tolerances, compare
     from bevdeploy.io import atomic_write
     from bevdeploy.package import load_package
+    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
 
+    gpu = _gpu_config(gpu_config, backend)
+    if gpu is None and backend in GPU_BACKENDS:
+        gpu = GpuConfig()
+    if precision is None and gpu is not None and gpu.precision != "fp32":
+        if gpu.precision == "bf16":
+            raise ConfigError("compare has no bf16 limits (an 8-bit mantissa); choose the "
+                              "limits with --precision fp16 or int8", field="--precision")
+        precision = gpu.precision
+    tolerances = Tolerances.for_precision(precision) if precision else None
     pkg = load_package(package)
     loader = NuScenesLoader(data, version=version, split=split, preset=pkg.preset)
     chosen = (loader[i] for i in range(min(frames, len(loader))))
-    tolerances = Tolerances.for_precision(precision) if precision else None
     report = compare(package, checkpoint, chosen, tolerances=tolerances, save=save,
-                     threads=threads)
+                     backend=backend, threads=threads,
+                     runner_options=gpu.options(threads) if gpu else None,
+                     schedule=gpu.schedule() if gpu else "sequential")
     console.print(report.table())
     if json_out is not None:
         atomic_write(json_out, report.to_json().encode())

@@ -303,3 +303,33 @@ def test_a_random_weight_package_is_compared_with_the_exporters_seeded_init(expo
     # random network is degenerate, see the module docstring, so it is not asserted here.)
     for name in (*BEFORE_FUSER, "fuser"):
         assert result.stage(name)[0].passed, name
+
+
+# ---------------------------------------------------------------- the GPU schedule's chain
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["faithful", "changed_fuser_weight"])
+def test_the_gpu_schedules_own_stages_are_compared(exported, frames, tmp_path, broken):
+    """``CudaSchedule`` hands its stage results to compare through ``taps`` (its device
+    kernels are not the pipeline's CPU stages). Run on CPU tensors (Triton interpreted, the SCN
+    on torch): a faithful package passes every stage at fp32, a changed fuser weight fails the
+    fuser and the boxes only — the tapped tensors are the ones the schedule computed."""
+    pytest.importorskip("triton", reason="the device kernels are Triton's (the gpu extra)")
+    from bevdeploy.runtime.backends import GpuOptions
+    from bevdeploy.runtime.cuda_schedule import CudaSchedule
+
+    _, checkpoint, package = exported
+    if broken:
+        package = copy_with_fuser_weight(package, tmp_path / "broken", None)
+    schedule = CudaSchedule(device="cpu", streams=False)
+    result = compare(package, checkpoint, frames[:1], backend="torch-cuda",
+                     runner_options=GpuOptions(threads=2, device="cpu"), schedule=schedule)
+    assert result.backend == "torch-cuda" and schedule.taps is None  # taps off afterwards
+    if broken:
+        assert result.failed_stages == ["fuser", BOXES.name]
+        return
+    assert result.passed, _table_text(result)
+    for name in STAGE_NAMES:
+        row = result.stage(name)[0]
+        assert row.precision == "fp32" and row.metrics.ref_max_abs > 0, name
+    assert result.boxes[0].metrics.judged_reference >= 50

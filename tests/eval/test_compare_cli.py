@@ -30,3 +30,16 @@ def test_compare_exit_codes(synthetic_world: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, [*args, "--package", str(copy_with_fuser_weight(package, tmp_path / "bad", None))])
     assert bad.exit_code == 1, bad.output
     assert "fuser" in bad.output
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--backend", "onnxruntime", "--gpu-config", "fp16"], "apply to the backends"),
+    (["--backend", "torch-cuda", "--gpu-config", "bf16"], "no bf16 limits"),
+    (["--backend", "tensorrt", "--gpu-config", "fp16"], "drop ['fp16']"),
+])
+def test_compare_refuses_gpu_settings_that_cannot_apply(tmp_path: Path, extra, says) -> None:
+    """Checked before the package or the data is read (neither exists here)."""
+    result = CliRunner().invoke(app, ["compare", "--package", str(tmp_path / "none"),
+                                      "--data", str(tmp_path / "none"), *extra])
+    assert result.exit_code == 2, result.output
+    assert says in " ".join(result.output.split())

@@ -8,7 +8,9 @@ then the boxes, matched one to one.
 
 **What is compared with what.** The deployed side is the pipeline's own schedule, unmodified:
 its stages and runners are wrapped in recorders for the duration of a frame, so the tensors are
-exactly those ``bevdeploy infer`` computes, each stage fed by the deployed stage before it. A
+exactly those ``bevdeploy infer`` computes, each stage fed by the deployed stage before it (a
+GPU backend's ``CudaSchedule`` hands them over through its ``taps`` instead, since its device
+kernels are not the pipeline's CPU stages). A
 fault therefore shows at the first stage that fails, and every stage downstream of it fails
 too; the table's first red row locates it. Two rows differ on purpose:
 
@@ -59,6 +61,9 @@ from bevdeploy.model.checkpoint import load_checkpoint
 from bevdeploy.model.inputs import collate
 from bevdeploy.package import MANIFEST_NAME, DeployPackage, load_package, sha256_file
 from bevdeploy.runtime import Pipeline
+from bevdeploy.runtime.backends import RunnerOptions
+from bevdeploy.runtime.cuda_schedule import CudaSchedule
+from bevdeploy.runtime.pipeline import Schedule
 
 # ------------------------------------------------------------------------------ tolerances
 
@@ -685,19 +690,33 @@ def _recording(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         pipeline.runners = runners
 
 
+@contextmanager
+def _tapping(schedule: CudaSchedule) -> Iterator[dict[str, Any]]:
+    """The GPU schedule's stage results (host copies) while the block runs."""
+    schedule.taps = {}
+    try:
+        yield schedule.taps
+    finally:
+        schedule.taps = None
+
+
 def run_deployed(pipeline: Pipeline, frame: Frame, reference_middle: np.ndarray
                  ) -> tuple[SideOutputs, dict[str, np.ndarray]]:
     """The deployed tensors of every stage (from ``pipeline.run``, the deployed chain), its
     boxes, and the raw outputs of the deployed head run on ``reference_middle``."""
-    with _recording(pipeline) as rec:
+    schedule = pipeline.schedule
+    with _tapping(schedule) if isinstance(schedule, CudaSchedule) else _recording(pipeline) as rec:
         detections = pipeline.run(frame)
     backbone = rec["camera.backbone"]
+    voxels = rec["voxelize"]
+    if not isinstance(voxels, dict):  # the CPU stage's ``Voxels``
+        voxels = {"feats": voxels.feats, "coords": voxels.coords}
     tensors = {
         "normalize": rec["normalize"], "depth": rec["depth"],
         "camera.depth_weights": backbone["camera_depth_weights"],
         "camera.feature": backbone["camera_feature"], "camera.bevpool": rec["bevpool"],
         "camera.bev": rec["camera.vtransform"]["feat_out"],
-        "lidar.voxels": rec["voxelize"].feats, "lidar.voxel_coords": rec["voxelize"].coords,
+        "lidar.voxels": voxels["feats"], "lidar.voxel_coords": voxels["coords"],
         "lidar.bev": rec["scn"], "fuser": rec["fuser"]["middle"],
     }
     head = pipeline.runners["head.bbox"]
@@ -711,7 +730,9 @@ def run_deployed(pipeline: Pipeline, frame: Frame, reference_middle: np.ndarray
 
 def compare(package: Path, checkpoint: Path | None, frames: Iterable[Frame], *,
             tolerances: Tolerances | None = None, save: Path | None = None,
-            backend: str = "onnxruntime", threads: int | None = None) -> CompareReport:
+            backend: str = "onnxruntime", threads: int | None = None,
+            runner_options: RunnerOptions | None = None,
+            schedule: Schedule | str = "sequential") -> CompareReport:
     """Run the reference and the deployed package side by side on ``frames`` and compare every
     stage and the boxes (see the module docstring).
 
@@ -720,12 +741,15 @@ def compare(package: Path, checkpoint: Path | None, frames: Iterable[Frame], *,
     for every stage. ``save`` is a directory that receives one ``frame_NNNN.npz`` per frame with
     every compared pair (``<stage>.reference``, ``<stage>.deployed``, the deployed head outputs
     in the paired proposal order, ``head.proposal_order``, and each side's boxes, scores and
-    labels), each written atomically. ``backend`` and ``threads`` are the ``Pipeline``'s.
+    labels), each written atomically. ``backend``, ``threads``, ``runner_options`` and
+    ``schedule`` are the ``Pipeline``'s (a GPU backend's: ``GpuConfig.options`` and
+    ``GpuConfig.schedule``).
     """
     pkg = load_package(package)
     model = load_reference(pkg, checkpoint)
     limits = stage_tolerances(pkg, tolerances)
-    pipeline = Pipeline(pkg, backend=backend, threads=threads)
+    pipeline = Pipeline(pkg, backend=backend, threads=threads, runner_options=runner_options,
+                        schedule=schedule)
     report = CompareReport(package=str(pkg.root),
                            checkpoint=None if checkpoint is None else Path(checkpoint).name,
                            backend=backend, tolerances=limits)

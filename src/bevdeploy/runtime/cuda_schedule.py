@@ -60,6 +60,12 @@ class CudaSchedule:
 
     One instance serves one pipeline (it keeps that pipeline's device geometry plan, pooled
     BEV buffer and SCN weights); like the pipeline, it runs one frame at a time.
+
+    ``taps``, when set to a dict, receives a host copy of every stage's result of the frames
+    that run (``bevdeploy compare`` sets it): ``normalize``, ``depth``, ``voxelize``
+    (``feats``, ``coords``), ``scn``, ``bevpool`` and each dense module's outputs by module
+    name. Copies, because a CUDA graph's outputs are overwritten by its next replay; taking
+    them synchronises, so they are off (``None``) for anything that is timed.
     """
 
     def __init__(self, *, streams: bool = True, device: str = "cuda",
@@ -89,6 +95,7 @@ class CudaSchedule:
         self._plan: Any = None
         self._pooled: torch.Tensor | None = None
         self._scn: TorchScnExecutor | None = None
+        self.taps: dict[str, Any] | None = None
 
     def __call__(self, pipeline: "Pipeline", frame: Frame, timer: "StageTimer") -> Detections:
         _check_runners(pipeline)
@@ -173,7 +180,12 @@ class CudaSchedule:
         """Voxelize + SCN executor on the CPU, the BEV map copied up on the LiDAR stream."""
         import torch
 
-        bev = pipeline.lidar_branch(points, timer)
+        with timer(pipeline.voxelize.name):
+            voxels = pipeline.voxelize.run(points)
+        with timer(pipeline.scn.name):
+            bev = pipeline.scn.run(voxels.feats, voxels.coords)
+        self._tap("voxelize", {"feats": voxels.feats, "coords": voxels.coords})
+        self._tap("scn", bev)
         if self._lidar_stream is None:
             return self._upload(bev)
         with torch.cuda.stream(self._lidar_stream):
@@ -191,7 +203,9 @@ class CudaSchedule:
                 p.max_points_per_voxel, p.max_voxels)
             voxels = int(count)  # the SCN's shapes: the branch's first wait for the device
         with timer(pipeline.scn.name):
-            return self._scn_executor(pipeline).run(feats[:voxels], coords[:voxels])
+            bev = self._scn_executor(pipeline).run(feats[:voxels], coords[:voxels])
+        self._tap("voxelize", {"feats": feats[:voxels], "coords": coords[:voxels]})
+        return self._tap("scn", bev)
 
     def _host_camera_inputs(self, pipeline: "Pipeline", frame: Frame, points: np.ndarray,
                             timer: "StageTimer") -> tuple["torch.Tensor", "torch.Tensor"]:
@@ -222,8 +236,11 @@ class CudaSchedule:
         """Device images and depth → camera BEV on the device, on the current stream."""
         import torch
 
+        self._tap("normalize", img)
+        self._tap("depth", depth)
         with timer("camera.backbone"):
-            out = pipeline.runners["camera.backbone"].run_device({"img": img, "depth": depth})
+            out = self._tap("camera.backbone", pipeline.runners["camera.backbone"].run_device(
+                {"img": img, "depth": depth}))
         with timer(pipeline.geometry.name):
             plan = self._device_plan(pipeline, frame)
         with timer(pipeline.bevpool.name):
@@ -233,15 +250,17 @@ class CudaSchedule:
                 channels = out["camera_feature"].shape[-1]
                 self._pooled = torch.empty((1, channels * nz, nx, ny), dtype=weights.dtype,
                                            device=self.device)
-            bev = _cuda_kernels().bev_pool(weights, out["camera_feature"], plan, out=self._pooled)
+            bev = self._tap("bevpool", _cuda_kernels().bev_pool(
+                weights, out["camera_feature"], plan, out=self._pooled))
         with timer("camera.vtransform"):
-            return pipeline.runners["camera.vtransform"].run_device({"feat_in": bev})["feat_out"]
+            return self._tap("camera.vtransform", pipeline.runners["camera.vtransform"].run_device(
+                {"feat_in": bev}))["feat_out"]
 
     def _detect(self, pipeline: "Pipeline", camera_bev: "torch.Tensor",
                 lidar_bev: "torch.Tensor", timer: "StageTimer") -> Detections:
         with timer("fuser"):
-            middle = pipeline.runners["fuser"].run_device(
-                {"camera": camera_bev, "lidar": lidar_bev})["middle"]
+            middle = self._tap("fuser", pipeline.runners["fuser"].run_device(
+                {"camera": camera_bev, "lidar": lidar_bev}))["middle"]
         with timer("head.bbox"):
             outputs = pipeline.runners["head.bbox"].run_device({"middle": middle})
         with timer(pipeline.decode.name):
@@ -256,6 +275,12 @@ class CudaSchedule:
                               p.class_names)
 
     # ---- per-pipeline state ---------------------------------------------------------------
+
+    def _tap(self, name: str, value: Any) -> Any:
+        """``value``, of which ``taps`` (when set) keeps a host copy under ``name``."""
+        if self.taps is not None:
+            self.taps[name] = _host_copy(value)
+        return value
 
     def _upload(self, array: np.ndarray) -> "torch.Tensor":
         """``array`` on the device: staged in pinned memory (the one host copy, which also
@@ -293,6 +318,18 @@ class CudaSchedule:
                 p.dbound, p.xbound, p.ybound, p.zbound, device=self.device)
             self._plan_key = key
         return self._plan
+
+
+def _host_copy(value: Any) -> Any:
+    """A stage result (a tensor, an array, or a dict of them) as numpy arrays on the host,
+    floating point as float32."""
+    if isinstance(value, dict):
+        return {key: _host_copy(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if value.is_floating_point():
+        value = value.float()
+    return value.detach().cpu().numpy().copy()
 
 
 def _check_runners(pipeline: "Pipeline") -> None:
