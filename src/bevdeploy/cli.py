@@ -862,6 +862,11 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
                                           "changed per step, so each step shows its worth."),
           reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time "
                                          "the PyTorch eager reference and print ratios to it."),
+          reference_device: str = typer.Option("cpu", help="Where the eager reference runs: "
+                                                "cpu, or cuda (the GPU targets' baseline; its "
+                                                "sparse encoder on spconv's CUDA build, else "
+                                                "on bevdeploy's torch SCN, as its column "
+                                                "says)."),
           checkpoint: Optional[Path] = typer.Option(None, help="Weights of the reference "
                                                     "(default: the package's own when found, "
                                                     "else a seeded random init)."),
@@ -889,7 +894,8 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
     budget = threads or numba.config.NUMBA_NUM_THREADS
     variants = plan_variants(package, backends=backend, schedules=schedule, threads=budget,
                              reference=reference, checkpoint=checkpoint, precision=precision,
-                             gpu_configs=gpu_config or (), gpu_ladder=gpu_ladder)
+                             gpu_configs=gpu_config or (), gpu_ladder=gpu_ladder,
+                             reference_device=reference_device)
     check_devices(variants)  # before the default world is generated
     source = default_world() if data is None else FrameSource(str(data), version, split)
     report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,

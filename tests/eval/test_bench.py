@@ -259,3 +259,35 @@ def test_bench_runs_torch_cuda_with_all_switches_on_a_gpu(trained_tiny_package, 
     assert len(variant["samples_ms"]["total"]) == 2
     assert {"camera.backbone", "bevpool", "scn", "fuser", "head.bbox"} <= set(variant["stages"])
     assert all(s["median_ms"] > 0 for s in variant["stages"].values())
+
+
+def test_the_reference_device_labels_the_reference_and_cuda_is_checked_first(
+        trained_tiny_package, tmp_path):
+    plan = dict(backends=["onnxruntime"], schedules=["sequential"], threads=2, reference=True,
+                checkpoint=None, precision=None)
+    reference = plan_variants([trained_tiny_package], reference_device="cuda", **plan)[0]
+    assert reference.is_reference and reference.schedule == "eager-cuda"
+    assert reference.label == "tiny · torch · eager-cuda"
+    with pytest.raises(ConfigError, match="expected cpu or cuda") as err:
+        plan_variants([trained_tiny_package], reference_device="gpu", **plan)
+    assert err.value.field == "--reference-device"
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(app, [
+            "bench", "--package", str(trained_tiny_package), "--reference-device", "cuda",
+            "--data", str(tmp_path / "none")], terminal_width=200)
+        assert result.exit_code == 2, result.output
+        assert "tiny · torch · eager-cuda needs CUDA: " in result.output
+
+
+@pytest.mark.gpu
+def test_bench_times_the_reference_on_the_gpu(trained_tiny_package, synthetic_world, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "--package", str(trained_tiny_package), "--backend", "torch-cuda",
+        "--reference-device", "cuda", "--frames", "2", "--warmup", "1", "--threads", "2",
+        "--data", str(synthetic_world), "--json", str(out)],
+        catch_exceptions=False, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    reference, deployed = json.loads(out.read_text())["variants"]
+    assert reference["schedule"] == "eager-cuda" and " on " in reference["weights"]
+    assert deployed["speedup_vs_reference"] is not None

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 REFERENCE_BACKEND = "torch"
 REFERENCE_SCHEDULE = "eager"
+REFERENCE_CUDA_SCHEDULE = "eager-cuda"  # ``--reference-device cuda``: the same, on the GPU
 CUDA_SCHEDULE = "cuda"  # the schedule of every GPU variant (``CudaSchedule``)
 DENSE_MODULES = ("camera.backbone", "camera.vtransform", "fuser", "head.bbox")
 
@@ -99,7 +100,9 @@ TOTAL_INCLUDES = {
         "resize + crop + normalize, matrices; its row 'normalize'), the forward (depth map, "
         "backbone + neck + depth net as 'camera.backbone', geometry, bev_pool, downsample as "
         "'camera.vtransform', voxelize, spconv encoder as 'scn', fuser + decoder as 'fuser', "
-        "head) and decode; FP32 eager under torch.inference_mode."),
+        "head) and decode; FP32 eager under torch.inference_mode. On a GPU (eager-cuda) "
+        "'normalize' includes the copy to the device, and every stage boundary waits for the "
+        "device so that a stage's time is its work."),
 }
 
 
@@ -115,7 +118,7 @@ class Variant:
     preset: str  # the preset's name
     package: str  # the reference: the package whose preset (and weights, if known) it mirrors
     backend: str  # REFERENCE_BACKEND for the reference
-    schedule: str  # REFERENCE_SCHEDULE for the reference, CUDA_SCHEDULE for a GPU backend
+    schedule: str  # REFERENCE_(CUDA_)SCHEDULE for the reference, CUDA_SCHEDULE for a GPU backend
     threads: int
     checkpoint: str | None = None  # reference only: weights to load
     gpu_config: str | None = None  # GPU backends only: ``GpuConfig.label``
@@ -490,7 +493,11 @@ class _ReferenceProfile:
     METHODS = {"depth_map": "depth", "depth_and_features": "camera.backbone",
                "get_geometry": "geometry", "bev_pool": "bevpool"}
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, device: Any) -> None:
+        import torch
+
+        # On a GPU a stage's time is its work, not its launches: wait at each boundary.
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
         self.ms: dict[str, float] = {}
         self._start: dict[int, float] = {}
         for path, stage in self.MODULES.items():
@@ -503,9 +510,11 @@ class _ReferenceProfile:
             setattr(vtransform, method, self._timed(getattr(vtransform, method), stage))
 
     def _pre(self, module: Any, args: Any) -> None:
+        self._sync()
         self._start[id(module)] = time.perf_counter()
 
     def _post(self, module: Any, stage: str) -> None:
+        self._sync()
         self.add(stage, time.perf_counter() - self._start.pop(id(module)))
 
     def add(self, stage: str, seconds: float) -> None:
@@ -513,10 +522,12 @@ class _ReferenceProfile:
 
     def _timed(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            self._sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self._sync()
                 self.add(stage, time.perf_counter() - t0)
         return timed
 
@@ -536,14 +547,20 @@ def _reference_stream(variant: Variant, pkg: Any) -> tuple[Stream, str, Counter]
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     torch.set_num_threads(variant.threads)
     model, weights = reference_model(pkg, variant.checkpoint)
-    profile = _ReferenceProfile(model)
+    device = torch.device("cuda" if variant.schedule == REFERENCE_CUDA_SCHEDULE else "cpu")
+    if device.type == "cuda":
+        from bevdeploy.eval.reference_device import reference_on
+
+        weights += f"; on {torch.cuda.get_device_name(device)}, " \
+            f"{reference_on(model, pkg.preset, device)}"
+    profile = _ReferenceProfile(model, device)
     head = model.get_submodule("heads.object")
 
     def stream(frames: Sequence[Any]) -> Iterator[dict[str, float]]:
         for frame in frames:
             profile.ms = {}
             t0 = time.perf_counter()
-            batch = collate([frame], pkg.preset)
+            batch = collate([frame], pkg.preset).to(device)
             profile.add("normalize", time.perf_counter() - t0)
             with torch.inference_mode():
                 outputs = model(batch)
@@ -681,11 +698,13 @@ def dense_macs(preset: Any, frame: Any) -> dict[str, int]:
 def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
                   schedules: Sequence[str], threads: int, reference: bool,
                   checkpoint: Path | None, precision: str | None,
-                  gpu_configs: Sequence[str] = (), gpu_ladder: bool = False) -> list[Variant]:
-    """The variants of a run, references first (one per distinct preset), packages checked
-    (loadable, of the asked ``precision``) before anything is measured. A CPU backend runs under
-    each of ``schedules``, a GPU backend with each of ``gpu_configs`` (default ``fp32``), or
-    with its ladder (``GPU_LADDER``, ``TENSORRT_LADDER``) when ``gpu_ladder``."""
+                  gpu_configs: Sequence[str] = (), gpu_ladder: bool = False,
+                  reference_device: str = "cpu") -> list[Variant]:
+    """The variants of a run, references first (one per distinct preset, on
+    ``reference_device``: cpu or cuda), packages checked (loadable, of the asked ``precision``)
+    before anything is measured. A CPU backend runs under each of ``schedules``, a GPU backend
+    with each of ``gpu_configs`` (default ``fp32``), or with its ladder (``GPU_LADDER``,
+    ``TENSORRT_LADDER``) when ``gpu_ladder``."""
     from bevdeploy.package import load_package
     from bevdeploy.runtime.backends import BACKENDS
     from bevdeploy.runtime.backends.gpu import GPU_BACKENDS
@@ -693,6 +712,11 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
 
     if not packages:
         raise ConfigError("give at least one --package", field="--package")
+    if reference_device not in ("cpu", "cuda"):
+        raise ConfigError(f"expected cpu or cuda, got {reference_device!r}",
+                          field="--reference-device")
+    reference_schedule = REFERENCE_SCHEDULE if reference_device == "cpu" \
+        else REFERENCE_CUDA_SCHEDULE
     for name in backends:
         if name not in BACKENDS:
             raise ConfigError(f"unknown backend {name!r}; available: {list(BACKENDS)}",
@@ -729,8 +753,8 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
             if pkg.preset.name not in seen:
                 seen.add(pkg.preset.name)
                 variants.append(Variant(
-                    f"{pkg.preset.name} · {REFERENCE_BACKEND} · {REFERENCE_SCHEDULE}",
-                    pkg.preset.name, str(root), REFERENCE_BACKEND, REFERENCE_SCHEDULE, threads,
+                    f"{pkg.preset.name} · {REFERENCE_BACKEND} · {reference_schedule}",
+                    pkg.preset.name, str(root), REFERENCE_BACKEND, reference_schedule, threads,
                     None if checkpoint is None else str(checkpoint)))
     for root, pkg in loaded:
         for backend in backends:
@@ -770,7 +794,8 @@ def check_devices(variants: Sequence[Variant]) -> None:
     process would find out only after the GEMM rate and the MACs had been)."""
     from bevdeploy.runtime.backends.gpu import cuda_unusable_reason
 
-    gpu = [v for v in variants if v.gpu_config is not None]
+    gpu = [v for v in variants
+           if v.gpu_config is not None or v.schedule == REFERENCE_CUDA_SCHEDULE]
     reason = cuda_unusable_reason() if gpu else None
     if reason is not None:
         raise ConfigError(f"{gpu[0].label} needs CUDA: {reason}", field="--backend")

@@ -44,7 +44,7 @@ from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.data.preprocess import lidar2image
 from bevdeploy.errors import ConfigError
 from bevdeploy.runtime.backends.gpu import (GpuOptions, Precision, cuda_unusable_reason,
-                                            float_dtype, resolve_device)
+                                            float_dtype, ieee_fp32, resolve_device)
 from bevdeploy.runtime.stages.decode import HEAD_OUTPUTS
 from bevdeploy.runtime.stages.geometry import calibration_key
 
@@ -85,6 +85,8 @@ class CudaSchedule:
         self.streams = streams
         self.host_kernels = host_kernels
         self.scn_dtype = float_dtype(precision)
+        if precision == "fp32":
+            ieee_fp32(self.device)
         self._camera_stream = torch.cuda.Stream(self.device) if streams else None
         self._lidar_stream = torch.cuda.Stream(self.device) if streams else None
         # only the host LiDAR branch (CPU SCN) needs a thread to overlap the camera's launches

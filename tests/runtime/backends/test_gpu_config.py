@@ -148,3 +148,20 @@ def test_contradicting_options_are_refused(trained_tiny_package, kwargs, options
     with pytest.raises(ConfigError, match=name) as err:
         Pipeline(trained_tiny_package, runner_options=options, **kwargs)
     assert err.value.field == "runner_options"
+
+
+def test_fp32_on_cuda_turns_tf32_off_for_the_process():
+    """cuDNN's default on Ampere+ is TF32 for float32 convolutions (~1e-3 relative), which
+    compare's FP32 limits cannot hold. The flags exist on CPU builds of torch too."""
+    from bevdeploy.runtime.backends.gpu import ieee_fp32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        ieee_fp32(torch.device("cpu"))  # nothing to do for the CPU
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        ieee_fp32(torch.device("cuda", 0))
+        assert not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

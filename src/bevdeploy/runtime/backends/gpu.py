@@ -205,6 +205,21 @@ def resolve_device(options: GpuOptions, backend: str, *, allow_cpu: bool) -> "to
     return torch.device("cuda", index)
 
 
+def ieee_fp32(device: "torch.device") -> None:
+    """Make float32 convolutions and matrix products on CUDA true float32, process-wide.
+
+    cuDNN runs float32 convolutions in TF32 by default on Ampere and later GPUs (a 10-bit
+    mantissa, ~1e-3 relative per product), which ``compare``'s FP32 limits (1e-3 of the scale
+    after the deepest chain) cannot hold; torch has no per-module switch. Called for an
+    ``fp32`` module, SCN or reference on a CUDA device; other precisions are unaffected.
+    """
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def gpu_identity(device: "torch.device") -> tuple[str, str]:
     """(name, compute capability "M.m") of a CUDA device: what a TensorRT engine is tied to."""
     import torch

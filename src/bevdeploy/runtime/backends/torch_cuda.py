@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from bevdeploy.errors import PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
 from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
-from bevdeploy.runtime.backends.gpu import (CapturedGraph, GpuOptions, float_dtype,
+from bevdeploy.runtime.backends.gpu import (CapturedGraph, GpuOptions, float_dtype, ieee_fp32,
                                             resolve_device, static_buffers)
 from bevdeploy.runtime.backends.onnx_torch import convert
 
@@ -59,6 +59,8 @@ class TorchCudaRunner(ModuleRunner):
         opts = GpuOptions.of(options)
         device = resolve_device(opts, BACKEND, allow_cpu=True)
         dtype = float_dtype(opts.precision)
+        if dtype == torch.float32:
+            ieee_fp32(device)
         try:
             model = onnx.load(str(path))
         except (OSError, DecodeError) as exc:
