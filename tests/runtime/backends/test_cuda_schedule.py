@@ -77,3 +77,23 @@ def test_detections_equal_onnxruntime(trained_tiny_package, synthetic_world, str
         metrics, _ = match_boxes(reference.run(loader[i]), gpu.run(loader[i]), tol)
         assert metrics.judged_reference >= 10 and not box_failures(metrics, tol)
     assert {"camera.backbone", "bevpool", "scn", "fuser", "total"} <= set(gpu.last_timings)
+
+
+@pytest.mark.gpu
+def test_fp16_with_every_switch_passes_compare_at_the_fp16_limits(trained_tiny_package,
+                                                                  synthetic_world):
+    """The issue's acceptance: the whole device schedule in FP16 (modules channels-last in
+    CUDA graphs, SCN in FP16, two streams) against the PyTorch reference, stage by stage.
+    Expected, from the same schedule on CPU tensors: every tensor stage passes, the boxes may
+    miss the BEV IoU limit on small boxes (README, "On a GPU")."""
+    from bevdeploy.eval.compare import compare
+    from bevdeploy.presets import get_preset
+
+    loader = NuScenesLoader(synthetic_world, version="v1.0-mini", split="mini_val", preset="tiny")
+    report = compare(trained_tiny_package, get_preset("tiny").checkpoint_path,
+                     [loader[0], loader[1]], tolerances=Tolerances.for_precision("fp16"),
+                     backend="torch-cuda", threads=2,
+                     runner_options=GpuOptions(threads=2, precision="fp16", channels_last=True,
+                                               cuda_graph=True),
+                     schedule=CudaSchedule(streams=True, precision="fp16"))
+    assert report.passed, report.failed_stages
