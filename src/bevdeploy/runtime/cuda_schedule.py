@@ -35,6 +35,7 @@ On a machine without CUDA, a CUDA device raises ``ConfigError`` ("needs CUDA").
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -285,16 +286,19 @@ class CudaSchedule:
         return value
 
     def _upload(self, array: np.ndarray) -> "torch.Tensor":
-        """``array`` on the device: staged in pinned memory (the one host copy, which also
-        takes read-only frame arrays), then copied without blocking the host."""
+        """``array`` on the device: staged in pinned memory (the one host copy), then copied
+        without blocking the host. The staging copy is torch's, which runs on all the intra-op
+        threads (26 MB of raw nuScenes images: 1.75 ms on 2 cores, numpy's 2.7 ms)."""
         import torch
 
+        with warnings.catch_warnings():
+            # frame arrays may be read-only (decoded images); they are only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            source = torch.from_numpy(array)
         if self.device.type == "cpu":
-            return torch.from_numpy(array if array.flags.writeable else array.copy())
-        # what it uploads: raw uint8 images, float32 points (and the host kernels' results)
-        dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}[array.dtype]
-        staged = torch.empty(array.shape, dtype=dtype, pin_memory=True)
-        staged.numpy()[...] = array
+            return source
+        staged = torch.empty_like(source, pin_memory=True)
+        staged.copy_(source)
         return staged.to(self.device, non_blocking=True)
 
     def _scn_executor(self, pipeline: "Pipeline") -> "TorchScnExecutor":
