@@ -53,6 +53,8 @@ def test_on_cpu_tensors_the_detections_equal_onnxruntime(trained_tiny_package, s
               "decode", "total"}
     assert stages <= set(on_cpu.last_timings)
     assert ("upload" in on_cpu.last_timings) is not host_kernels
+    # a device plan per distinct calibration, counted where bench reads it, as the CPU's are
+    assert on_cpu.geometry.computations == reference.geometry.computations >= 1
 
 
 @pytest.mark.gpu
