@@ -200,6 +200,19 @@ def resolve_schedule(schedule: Schedule | str) -> Schedule:
                           field="schedule") from None
 
 
+def default_schedule(backend: str, options: RunnerOptions) -> Schedule | str:
+    """``sequential``, or for a GPU backend on a CUDA device its ``CudaSchedule`` (two
+    streams, the kernels on the device, the SCN in the runners' precision)."""
+    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuOptions
+
+    gpu = GpuOptions.of(options)
+    if backend not in GPU_BACKENDS or gpu.device.split(":")[0] == "cpu":
+        return "sequential"
+    from bevdeploy.runtime.cuda_schedule import CudaSchedule
+
+    return CudaSchedule(device=gpu.device, precision=gpu.precision)
+
+
 def check_frame(frame: Frame, preset: Preset) -> None:
     """Refuse a frame that does not fit the package's rig: camera names, count and order, raw
     image size, point features; then the frame's own consistency (``Frame.validate``)."""
@@ -258,7 +271,9 @@ class Pipeline:
     three cannot express); ``threads`` still bounds numba and the SCN executor, and any of the
     three that contradicts ``runner_options`` is refused rather than silently dropped.
     ``schedule`` is a name of ``SCHEDULES`` or a schedule function (a ``CudaSchedule`` for a GPU
-    backend).
+    backend); by default ``sequential``, and for a GPU backend on a CUDA device the
+    ``CudaSchedule`` of its options (two streams, the frame's kernels on the device), so that
+    the fast path is the one a plain ``Pipeline(pkg, backend="torch-cuda")`` takes.
     Not thread-safe: one frame (or one stream) at a time per instance (the geometry cache and
     the timings are per instance). ``close`` (or a ``with`` block) stops the worker thread of
     ``branches``; it is also stopped when the pipeline is garbage-collected.
@@ -266,7 +281,7 @@ class Pipeline:
 
     def __init__(self, package: str | Path | DeployPackage, *, backend: str = "onnxruntime",
                  threads: int | None = None, optimization: OptimizationLevel = "all",
-                 schedule: Schedule | str = sequential, spinning: bool = False,
+                 schedule: Schedule | str | None = None, spinning: bool = False,
                  runner_options: RunnerOptions | None = None) -> None:
         limit = numba.config.NUMBA_NUM_THREADS
         if threads is not None and not 1 <= threads <= limit:
@@ -274,7 +289,8 @@ class Pipeline:
                               field="threads")
         options = _runner_options(runner_options, threads=threads, optimization=optimization,
                                   spinning=spinning)
-        self.schedule = resolve_schedule(schedule)
+        self.schedule = resolve_schedule(default_schedule(backend, options)
+                                         if schedule is None else schedule)
         self.package = package if isinstance(package, DeployPackage) else load_package(package)
         pkg = self.package
         self.preset: Preset = pkg.preset

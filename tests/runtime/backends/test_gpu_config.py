@@ -165,3 +165,22 @@ def test_fp32_on_cuda_turns_tf32_off_for_the_process():
         assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_the_default_schedule_is_the_cuda_one_for_a_gpu_backend_on_cuda(trained_tiny_package):
+    from bevdeploy.runtime.pipeline import default_schedule, sequential
+
+    assert Pipeline(trained_tiny_package).schedule is sequential
+    on_cpu = Pipeline(trained_tiny_package, backend="torch-cuda",
+                      runner_options=GpuOptions(device="cpu"))
+    assert on_cpu.schedule is sequential  # torch-cuda on the CPU: conversion checks
+    assert default_schedule("onnxruntime", GpuOptions()) == "sequential"
+    if torch.cuda.is_available():
+        from bevdeploy.runtime.cuda_schedule import CudaSchedule
+
+        schedule = default_schedule("torch-cuda", GpuOptions(precision="fp16"))
+        assert isinstance(schedule, CudaSchedule) and schedule.streams
+        assert schedule.scn_dtype == torch.float16 and not schedule.host_kernels
+    else:
+        with pytest.raises(ConfigError, match="needs CUDA"):
+            default_schedule("torch-cuda", GpuOptions())
