@@ -783,8 +783,9 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
                                              "are timed."),
                   points: int = typer.Option(350_000, help="Points fed to voxelize/depth."),
                   voxels: int = typer.Option(120_000, help="Voxels fed to the SCN executor."),
-                  scn: bool = typer.Option(True, help="Also time the SCN executor against "
-                                           "spconv's CPU path on the same voxels (needs torch)."),
+                  scn: bool = typer.Option(True, help="cpu: also time the SCN executor "
+                                           "against spconv's CPU path on the same voxels (needs "
+                                           "torch); cuda always times the SCN on torch."),
                   repeats: int = typer.Option(10, min=3, help="Timed runs after warm-up."),
                   device: str = typer.Option("cpu", help="cpu: the numba kernels; cuda: the "
                                              "Triton kernels on the GPU, CUDA-event timed, "

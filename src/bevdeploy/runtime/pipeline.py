@@ -289,8 +289,7 @@ class Pipeline:
                               field="threads")
         options = _runner_options(runner_options, threads=threads, optimization=optimization,
                                   spinning=spinning)
-        self.schedule = resolve_schedule(default_schedule(backend, options)
-                                         if schedule is None else schedule)
+        chosen = None if schedule is None else resolve_schedule(schedule)  # before any loading
         self.package = package if isinstance(package, DeployPackage) else load_package(package)
         pkg = self.package
         self.preset: Preset = pkg.preset
@@ -299,6 +298,9 @@ class Pipeline:
         self.runners: dict[str, Runner] = {
             name: create_runner(backend, pkg.path(name), pkg.module(name), options)
             for name in DENSE_MODULES}
+        # the default after the runners, whose errors say more (a missing TensorRT, no CUDA)
+        self.schedule: Schedule = chosen if chosen is not None else resolve_schedule(
+            default_schedule(backend, options))
         self.normalize = NormalizeStage(NormalizeParams.from_package(pkg))
         self.depth = DepthStage(DepthParams.from_package(pkg))
         self.geometry = GeometryStage(GeometryParams.from_package(pkg))

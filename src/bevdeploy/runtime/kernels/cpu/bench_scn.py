@@ -81,6 +81,26 @@ def synthetic_voxels(preset: Preset, num_voxels: int, seed: int
     return (feats[:keep].numpy(), coords[:keep, 1:].numpy().astype(np.int32), density)
 
 
+def benchmark_encoder(preset: Preset, seed: int) -> Any:
+    """The preset's SparseEncoder (eval mode) with seeded random weights and random batch-norm
+    statistics, so that every layer's output is non-trivial."""
+    import torch
+
+    from bevdeploy.model.lidar import build_sparse_encoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = build_sparse_encoder(preset)
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n) * 0.2)
+                module.running_var.copy_(torch.rand(n) + 0.5)
+                module.weight.data.copy_(torch.rand(n) + 0.5)
+                module.bias.data.copy_(torch.randn(n) * 0.2)
+    return encoder.eval()
+
+
 def scn_benchmark(preset_name: str, num_voxels: int, seed: int = 0, *, warmup: int = WARMUP,
                   repeats: int = REPEATS) -> dict[str, Any]:
     """Time the executor and spconv on ``num_voxels`` voxels of ``preset_name``'s grid,
@@ -96,21 +116,10 @@ def scn_benchmark(preset_name: str, num_voxels: int, seed: int = 0, *, warmup: i
     import torch
 
     from bevdeploy.export.scn import encoder_to_scn
-    from bevdeploy.model.lidar import build_sparse_encoder
 
     preset = get_preset(preset_name)
     feats, coords, density = synthetic_voxels(preset, num_voxels, seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        encoder = build_sparse_encoder(preset)
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n) * 0.2)
-                module.running_var.copy_(torch.rand(n) + 0.5)
-                module.weight.data.copy_(torch.rand(n) + 0.5)
-                module.bias.data.copy_(torch.randn(n) * 0.2)
-    encoder.eval()
+    encoder = benchmark_encoder(preset, seed)
     executor = ScnExecutor(encoder_to_scn(encoder, preset))
 
     recorded: dict[str, list[float]] = {}

@@ -9,7 +9,9 @@ The floor is the CPU benchmark's: the bytes a kernel must move over the measured
 bandwidth (a large device-to-device ``copy_``, bytes read + written), or its multiply-adds
 over the measured float32 GEMM rate, whichever is larger. ``bev_pool``'s bytes are spelled
 out in ``bev_pool_bytes``: the issue's target is ``bev_pool`` within 2× of that floor, which
-the ``× floor`` column of ``bevdeploy bench-kernels --device cuda`` shows directly.
+the ``× floor`` column of ``bevdeploy bench-kernels --device cuda`` shows directly. The SCN
+on the device (``TorchScnExecutor``, float32 and float16) closes the table, on the voxels of
+the same points, its floor its convs' multiply-adds at the float32 GEMM rate.
 """
 
 from __future__ import annotations
@@ -131,4 +133,28 @@ def cuda_kernel_benchmarks(preset: Preset, *, num_points: int = 350_000, warmup:
                              r[:2], head.post_center_range, head.score_threshold),
          (k + 10) * p * 4 + p * 11 * 4, 0),
     ]
+    cases += _scn_cases(preset, *(t[:num_voxels] for t in voxelize()[:2]), seed)
     return timing_rows(cases, lambda fn: _event_times(fn, warmup, repeats), rates)
+
+
+def _scn_cases(preset: Preset, feats: torch.Tensor, coords: torch.Tensor, seed: int
+               ) -> list[tuple[str, str, Callable[[], Any], int, int]]:
+    """The SCN on the device (``TorchScnExecutor``, float32 and float16) on the voxels of the
+    benchmark's points, with seeded random weights: its floor is the convs' multiply-adds
+    (rulebook pairs × C_in × C_out) at the float32 GEMM rate, or the dense BEV it writes."""
+    from bevdeploy.export.scn import encoder_to_scn
+    from bevdeploy.runtime.kernels.cpu.bench_scn import benchmark_encoder
+    from bevdeploy.runtime.scn_executor import ScnExecutor
+    from bevdeploy.runtime.scn_torch import TorchScnExecutor
+
+    graph = encoder_to_scn(benchmark_encoder(preset, seed), preset)
+    macs = sum(ScnExecutor(graph).conv_macs(coords.cpu().numpy()).values())
+    cases = []
+    for dtype, name in ((torch.float32, "float32"), (torch.float16, "float16")):
+        executor = TorchScnExecutor(graph, device=feats.device, dtype=dtype)
+        out_bytes = int(np.prod(executor.output_shape)) * dtype.itemsize
+        cases.append(("scn (torch)", f"{len(coords):,} voxels, {macs / 1e9:.1f} GMAC, {name} "
+                      "(waits for each strided rulebook's size)",
+                      functools.partial(executor.run, feats, coords),
+                      feats.numel() * 4 + coords.numel() * 4 + out_bytes, macs))
+    return cases
