@@ -203,14 +203,12 @@ def resolve_schedule(schedule: Schedule | str) -> Schedule:
 def default_schedule(backend: str, options: RunnerOptions) -> Schedule | str:
     """``sequential``, or for a GPU backend on a CUDA device its ``CudaSchedule`` (two
     streams, the kernels on the device, the SCN in the runners' precision)."""
-    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuOptions
+    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig, GpuOptions
 
     gpu = GpuOptions.of(options)
     if backend not in GPU_BACKENDS or gpu.device.split(":")[0] == "cpu":
         return "sequential"
-    from bevdeploy.runtime.cuda_schedule import CudaSchedule
-
-    return CudaSchedule(device=gpu.device, precision=gpu.precision)
+    return GpuConfig(precision=gpu.precision, streams=True).schedule(gpu.device)
 
 
 def check_frame(frame: Frame, preset: Preset) -> None:
