@@ -40,23 +40,10 @@ from typing import Any
 from bevdeploy.data.preprocess import img_aug_matrices
 from bevdeploy.errors import ConfigError, PackageError, os_reason
 from bevdeploy.presets import Preset
+from bevdeploy.vocabulary import BOX_DIALECT, MODULE_FILES
 
 FORMAT_VERSION = "1.0"
 MANIFEST_NAME = "manifest.json"
-
-# Module name (manifest key) → file name, in pipeline order. The file names are CUDA-BEVFusion's.
-MODULE_FILES: dict[str, str] = {
-    "camera.backbone": "camera.backbone.onnx",
-    "camera.vtransform": "camera.vtransform.onnx",
-    "lidar.backbone": "lidar.backbone.xyz.onnx",
-    "fuser": "fuser.onnx",
-    "head.bbox": "head.bbox.onnx",
-}
-
-# How the head's regression outputs are to be read (see spec/model.md §5.3): they are the
-# reference network's pre-1.0 mmdet3d dialect, converted once by
-# ``bevdeploy.data.boxes.from_mmdet3d_legacy(..., z_is_bottom=False)`` after decoding.
-BOX_DIALECT = "mmdet3d-legacy"
 
 _HASH_CHUNK = 1 << 20
 

@@ -26,6 +26,7 @@ import yaml
 from bevdeploy.errors import ConfigError
 from bevdeploy.io import atomic_write
 from bevdeploy.safe_yaml import load_yaml_file
+from bevdeploy.vocabulary import cell_count
 
 NUSCENES_CLASSES: tuple[str, ...] = (
     "car", "truck", "construction_vehicle", "bus", "trailer",
@@ -35,15 +36,6 @@ NUSCENES_CAMERAS: tuple[str, ...] = (
     "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT",
     "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
 )
-
-
-def _steps(lo: float, hi: float, step: float) -> int:
-    """Number of cells of size ``step`` in [lo, hi); raises when it is not an integer."""
-    n = (hi - lo) / step
-    if n <= 0 or abs(n - round(n)) > 1e-4:
-        raise ValueError(f"step {step} does not divide the range [{lo}, {hi}] into whole cells "
-                         f"({n:g} cells)")
-    return int(round(n))
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -224,12 +216,12 @@ class VTransformConfig:
 
     @property
     def depth_bins(self) -> int:
-        return _steps(*self.dbound)
+        return cell_count(*self.dbound)
 
     @property
     def bev_size(self) -> tuple[int, int, int]:
         """(nx, ny, nz) of the bev_pool grid."""
-        return (_steps(*self.xbound), _steps(*self.ybound), _steps(*self.zbound))
+        return (cell_count(*self.xbound), cell_count(*self.ybound), cell_count(*self.zbound))
 
     @property
     def out_bev_size(self) -> tuple[int, int]:
@@ -240,7 +232,7 @@ class VTransformConfig:
     def validate(self) -> None:
         for name in ("xbound", "ybound", "zbound", "dbound"):
             try:
-                _steps(*getattr(self, name))
+                cell_count(*getattr(self, name))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         if self.dbound[0] <= 0:
@@ -379,7 +371,7 @@ class Preset:
     def grid_size(self) -> tuple[int, int, int]:
         """Voxel grid (X, Y, Z) = range / voxel size."""
         r, v = self.points.point_cloud_range, self.voxel.voxel_size
-        return (_steps(r[0], r[3], v[0]), _steps(r[1], r[4], v[1]), _steps(r[2], r[5], v[2]))
+        return (cell_count(r[0], r[3], v[0]), cell_count(r[1], r[4], v[1]), cell_count(r[2], r[5], v[2]))
 
     @property
     def sparse_shape(self) -> tuple[int, int, int]:

@@ -28,7 +28,8 @@ from bevdeploy.export.inspect import print_package
 from bevdeploy.export.onnx_utils import graph_io
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.checkpoint import save_checkpoint
-from bevdeploy.package import FORMAT_VERSION, MANIFEST_NAME, MODULE_FILES, load_package
+from bevdeploy.package import FORMAT_VERSION, MANIFEST_NAME, load_package
+from bevdeploy.vocabulary import MODULE_FILES
 from bevdeploy.presets import get_preset
 
 TINY = get_preset("tiny")

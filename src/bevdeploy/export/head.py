@@ -28,11 +28,8 @@ from torch import Tensor, nn
 from bevdeploy.export.onnx_utils import DenseGraph, float_spec
 from bevdeploy.model.transfusion import REGRESSION_HEADS
 from bevdeploy.presets import Preset
+from bevdeploy.vocabulary import HEAD_OUTPUT_SOURCES
 
-# Output order and names are CUDA-BEVFusion's (``reg`` is the reference's ``center``).
-HEAD_OUTPUTS: tuple[tuple[str, str], ...] = (
-    ("score", "heatmap"), ("rot", "rot"), ("dim", "dim"), ("reg", "center"),
-    ("height", "height"), ("vel", "vel"))
 
 
 class HeadGraph(nn.Module):
@@ -68,7 +65,7 @@ class HeadGraph(nn.Module):
 
         query_heatmap_score = heatmap.index_select(2, cells)  # (1, K, P)
         result["heatmap"] = result["heatmap"].sigmoid() * query_heatmap_score * one_hot
-        return tuple(result[key] for _, key in HEAD_OUTPUTS)
+        return tuple(result[key] for _, key in HEAD_OUTPUT_SOURCES)
 
 
 def head_graph(model: nn.Module, preset: Preset) -> DenseGraph:
@@ -80,5 +77,5 @@ def head_graph(model: nn.Module, preset: Preset) -> DenseGraph:
         name="head.bbox",
         module=HeadGraph(model.heads["object"]),
         inputs=(float_spec("middle", (1, preset.model.decoder.middle_channels, x, y)),),
-        outputs=tuple(float_spec(name, (1, channels[key], p)) for name, key in HEAD_OUTPUTS),
+        outputs=tuple(float_spec(name, (1, channels[key], p)) for name, key in HEAD_OUTPUT_SOURCES),
     )

@@ -28,17 +28,16 @@ from bevdeploy.export.onnx_utils import (
 )
 from bevdeploy.export.scn import export_scn
 from bevdeploy.model.bevfusion import BEVFusion
-from bevdeploy.model.checkpoint import load_checkpoint
+from bevdeploy.model.factory import create_model
 from bevdeploy.package import (
-    MANIFEST_NAME, MODULE_FILES, Manifest, ModuleEntry, check_replaceable, sha256_file,
+    MANIFEST_NAME, Manifest, ModuleEntry, check_replaceable, sha256_file,
     verify_file,
 )
 from bevdeploy.presets import Preset
+from bevdeploy.vocabulary import MODULE_FILES, SCN_MODULE
 
 # Distributions whose versions are recorded in the manifest (what produced the files).
 RECORDED_VERSIONS: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "spconv", "numpy")
-
-RANDOM_INIT_SEED = 0
 
 
 def dense_graphs(model: BEVFusion, preset: Preset) -> list[DenseGraph]:
@@ -51,7 +50,7 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
                    opset: int = DEFAULT_OPSET) -> Path:
     """Export the five modules of ``preset``'s model and their manifest to the directory
     ``out``. Weights come from ``checkpoint``, or from a random initialisation seeded with
-    ``RANDOM_INIT_SEED`` when it is ``None`` (demo and test packages).
+    ``vocabulary.RANDOM_INIT_SEED`` when it is ``None`` (demo and test packages).
 
     ``out`` may not exist yet, be empty, or hold a previous package (which is replaced only
     after the new one is complete); anything else is refused rather than overwritten.
@@ -59,12 +58,9 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
     """
     out = Path(out)
     check_replaceable(out)
-    with torch.random.fork_rng():
-        torch.manual_seed(RANDOM_INIT_SEED)  # reproducible files when no checkpoint is given
-        model = BEVFusion(preset).eval()
+    model, _ = create_model(preset, checkpoint)  # seeded: reproducible files without one
     checkpoint_info = None
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
         checkpoint_info = {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}
 
     staging = staging_dir(out)
@@ -74,9 +70,9 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
             path = staging / MODULE_FILES[graph.name]
             onnx_model = export_graph(graph, path, opset=opset)
             modules[graph.name] = _dense_entry(graph.name, path, onnx_model)
-        scn_path = staging / MODULE_FILES["lidar.backbone"]
+        scn_path = staging / MODULE_FILES[SCN_MODULE]
         scn_entry = export_scn(model.encoders["lidar"]["backbone"], preset, scn_path)
-        modules["lidar.backbone"] = _scn_entry(scn_path, scn_entry)
+        modules[SCN_MODULE] = _scn_entry(scn_path, scn_entry)
 
         manifest = Manifest(
             preset=preset,
@@ -111,7 +107,7 @@ def _dense_entry(name: str, path: Path, model: onnx.ModelProto) -> ModuleEntry:
 def _scn_entry(path: Path, entry: Mapping[str, Any]) -> ModuleEntry:
     """Parse what ``export_scn`` reports about its file with the manifest's own schema, and
     check its hash against the file it wrote."""
-    module = ModuleEntry.from_dict("lidar.backbone", dict(entry), source=path)
+    module = ModuleEntry.from_dict(SCN_MODULE, dict(entry), source=path)
     if module.file != path.name:
         raise PackageError(f"export_scn reported file {module.file!r}", path=path,
                            field="modules.lidar.backbone.file")

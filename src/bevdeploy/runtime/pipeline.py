@@ -66,6 +66,7 @@ from bevdeploy.data.preprocess import lidar2image
 from bevdeploy.errors import ConfigError, InputError
 from bevdeploy.package import DeployPackage, load_package
 from bevdeploy.presets import Preset
+from bevdeploy.vocabulary import DENSE_MODULES
 from bevdeploy.runtime.backends import Runner, RunnerOptions, create_runner
 from bevdeploy.runtime.backends.base import OptimizationLevel
 from bevdeploy.runtime.kernels import BevPoolPlan
@@ -75,8 +76,6 @@ from bevdeploy.runtime.stages import (
     VoxelizeParams, VoxelizeStage,
 )
 
-# The modules an ONNX backend runs; the SCN module goes to the sparse-conv executor.
-DENSE_MODULES: tuple[str, ...] = ("camera.backbone", "camera.vtransform", "fuser", "head.bbox")
 
 # Frames the ``frames`` schedule's worker may pull and prepare ahead of the one the consumer is
 # working on: one keeps both threads busy; more would only add latency and memory.

@@ -17,8 +17,8 @@ import numpy as np
 from bevdeploy.data.frame import Detections
 from bevdeploy.package import DeployPackage, runtime_parameters
 from bevdeploy.runtime import kernels
+from bevdeploy.vocabulary import HEAD_OUTPUTS
 
-HEAD_OUTPUTS = ("score", "rot", "dim", "reg", "height", "vel")
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,8 +16,8 @@ import numpy as np
 from bevdeploy.package import DeployPackage
 from bevdeploy.runtime.scn_executor import ScnExecutor
 from bevdeploy.scn_format import read_scn
+from bevdeploy.vocabulary import SCN_MODULE
 
-MODULE = "lidar.backbone"
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class ScnParams:
 
     @classmethod
     def from_package(cls, pkg: DeployPackage) -> "ScnParams":
-        output = pkg.module(MODULE).outputs[0]
-        return cls(path=pkg.path(MODULE), output_shape=tuple(int(d) for d in output.shape))
+        output = pkg.module(SCN_MODULE).outputs[0]
+        return cls(path=pkg.path(SCN_MODULE), output_shape=tuple(int(d) for d in output.shape))
 
 
 class ScnStage:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from bevdeploy import vocabulary
 from bevdeploy.errors import InputError
 
 
@@ -56,11 +57,11 @@ def positive_ints(value: Sequence[int] | np.ndarray, length: int, kernel: str, f
 
 
 def cell_count(bound: Sequence[float], kernel: str, field: str) -> int:
-    """Cells of ``[lo, hi, step]``: ``round((hi − lo) / step)``, which must be a positive whole
-    number (the preset's rule for every grid)."""
+    """Cells of ``[lo, hi, step]`` by the one rule of every grid (``vocabulary.cell_count``), as
+    an ``InputError`` naming the kernel's argument when it is not a positive whole number."""
     lo, hi, step = (float(v) for v in bound)
-    n = (hi - lo) / step if step > 0 else float("nan")
-    if not n > 0 or abs(n - round(n)) > 1e-4:
+    try:
+        return vocabulary.cell_count(lo, hi, step)
+    except ValueError:
         raise InputError(f"[lo, hi, step] = {[lo, hi, step]} is not a whole number of cells",
-                         path=source(kernel), field=field)
-    return int(round(n))
+                         path=source(kernel), field=field) from None

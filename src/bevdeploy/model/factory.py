@@ -1,0 +1,98 @@
+"""The one way to build the PyTorch reference with its weights.
+
+Every place that needs the eager model — the exporter, the ``torch`` backend of ``infer`` and
+``eval``, ``compare``'s reference side, ``bench``'s reference column, the MAC counter — builds it
+here, so that "which weights" is decided by one policy: the given checkpoint, else (where the
+caller allows it) the seeded random initialisation ``vocabulary.RANDOM_INIT_SEED`` that the
+exporter uses for packages without a checkpoint. The random draw happens inside a forked RNG,
+so building a model never disturbs the caller's random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bevdeploy.errors import CheckpointError
+from bevdeploy.model.bevfusion import BEVFusion
+from bevdeploy.model.checkpoint import LoadReport, load_checkpoint
+from bevdeploy.package import MANIFEST_NAME, DeployPackage, sha256_file
+from bevdeploy.presets import Preset
+from bevdeploy.vocabulary import RANDOM_INIT_SEED
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a reference model's weights came from: a checkpoint's load report, or the seed of
+    a random initialisation (``report`` is then ``None``)."""
+
+    report: LoadReport | None
+    seed: int
+    checkpoint: Path | None = None
+
+    @property
+    def random(self) -> bool:
+        return self.report is None
+
+    def describe(self) -> str:
+        """``random init (seed 0)`` or the checkpoint's file name."""
+        if self.checkpoint is None:
+            return f"random init (seed {self.seed})"
+        return self.checkpoint.name
+
+
+def create_model(preset: Preset, checkpoint: str | Path | None = None, *,
+                 seed: int = RANDOM_INIT_SEED, strict: bool = True) -> tuple[BEVFusion, Weights]:
+    """``preset``'s reference model in eval mode: initialised from ``seed`` (in a forked RNG),
+    then loaded from ``checkpoint`` when one is given (``strict``: any key that does not fit is
+    a ``CheckpointError``)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BEVFusion(preset)
+    report = None
+    path = None if checkpoint is None else Path(checkpoint)
+    if path is not None:
+        report = load_checkpoint(model, path, strict=strict)
+    return model.eval(), Weights(report, seed, path)
+
+
+def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
+                      require_match: bool = True) -> tuple[BEVFusion, Weights]:
+    """The reference model of a deploy package: the weights it was exported from.
+
+    The manifest records its checkpoint's SHA-256. With ``require_match`` (``compare``: both
+    sides must hold the same weights) a package of random weights takes no checkpoint and gets
+    the exporter's seeded initialisation, and a package from a checkpoint needs exactly that
+    file, named by both hashes when another is given. Without it (``bench``: only the speed
+    counts) ``checkpoint`` is used as given; when it is ``None`` the preset's default file is
+    used if it is the package's own, else the seeded initialisation.
+    """
+    recorded = pkg.manifest.checkpoint
+    path = None if checkpoint is None else Path(checkpoint)
+    if not require_match:
+        default = pkg.preset.checkpoint_path
+        if path is None and recorded is not None and default is not None \
+                and Path(default).is_file() and sha256_file(default) == recorded["sha256"]:
+            path = Path(default)
+        return create_model(pkg.preset, path)
+    manifest = pkg.root / MANIFEST_NAME
+    if recorded is None and path is not None:
+        raise CheckpointError("the package holds random weights (its manifest records no "
+                              "checkpoint), so no checkpoint can be its reference; compare "
+                              "without one", path=path, field="checkpoint")
+    if recorded is not None:
+        name = recorded.get("file", "?")
+        if path is None:
+            raise CheckpointError(f"the package was exported from {name} (sha256 "
+                                  f"{recorded['sha256']}); pass that checkpoint as the reference",
+                                  path=manifest, field="checkpoint")
+        if not path.is_file():
+            raise CheckpointError("no such checkpoint file", path=path, field="checkpoint")
+        digest = sha256_file(path)
+        if digest != recorded["sha256"]:
+            raise CheckpointError(f"sha256 {digest} differs from the {recorded['sha256']} of "
+                                  f"{name}, the checkpoint the package was exported from",
+                                  path=path, field="checkpoint.sha256")
+    return create_model(pkg.preset, path)
