@@ -33,7 +33,7 @@ from bevdeploy.io import atomic_write, replace_dir, staging_dir
 from bevdeploy.package import MANIFEST_NAME, EngineEntry, load_package
 from bevdeploy.runtime.backends.gpu import GpuOptions, gpu_identity, import_torch, resolve_device
 from bevdeploy.runtime.backends.tensorrt import import_tensorrt
-from bevdeploy.runtime.pipeline import DENSE_MODULES
+from bevdeploy.vocabulary import DENSE_MODULES
 
 PRECISIONS: tuple[str, ...] = ("fp16", "int8")
 ENGINE_SUFFIX = ".plan"

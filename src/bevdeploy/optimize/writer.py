@@ -51,7 +51,7 @@ from bevdeploy.optimize.sensitivity import (
 from bevdeploy.optimize.simplify import simplify as slim
 from bevdeploy.package import (MANIFEST_NAME, DeployPackage, check_replaceable, load_package,
                                sha256_file)
-from bevdeploy.runtime.pipeline import DENSE_MODULES
+from bevdeploy.vocabulary import DENSE_MODULES
 
 SENSITIVITY_FILE = "sensitivity.json"
 TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "onnxslim")

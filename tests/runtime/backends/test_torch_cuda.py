@@ -38,7 +38,7 @@ from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends import BACKENDS, GpuOptions, create_runner
 from bevdeploy.runtime.backends.onnx_torch import convert
 from bevdeploy.runtime.backends.torch_cuda import TorchCudaRunner
-from bevdeploy.runtime.pipeline import DENSE_MODULES
+from bevdeploy.vocabulary import DENSE_MODULES
 
 FP32_REL_MAX_ABS = 1e-4
 FP32_COSINE = 0.99999
