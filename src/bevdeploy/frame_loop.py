@@ -1,5 +1,6 @@
-"""Multi-frame runs (``infer``, ``eval``): one frame at a time under an error policy, a record
-of what failed and why, and a clean end on Ctrl-C.
+"""Multi-frame runs (``infer``, ``eval``, ``demo``, ``compare``): source → detector → sinks, one
+frame at a time under an error policy, a record of what failed and why, and a clean end on
+Ctrl-C (``run_frames`` is the flow; ``FrameLoop`` the policy and the record).
 
 A fleet job over thousands of frames must neither die on one damaged file nor hide that it
 skipped one. ``OnError.stop`` (the default) ends the run at the first bad frame, with that
@@ -16,16 +17,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import track
 
 from bevdeploy.errors import INTERRUPTED_EXIT, PARTIAL_EXIT, BevDeployError
+
+if TYPE_CHECKING:
+    from bevdeploy.data.sources import FrameSource
+    from bevdeploy.detector import Detector
+    from bevdeploy.sinks import Sink
 
 T = TypeVar("T")
 
@@ -188,3 +195,24 @@ class FrameLoop:
     def _say(self, text: str) -> None:
         if self.console is not None:
             self.console.print(text, highlight=False, soft_wrap=True)
+
+
+def run_frames(source: FrameSource, detector: Detector, sinks: Sequence[Sink], *,
+               on_error: OnError = OnError.stop, console: Console | None = None,
+               description: str = "frames") -> tuple[FrameLoop, list[Path]]:
+    """The flow of every multi-frame command: each frame of ``source`` loaded, run through
+    ``detector`` and handed to every sink, under ``on_error``; then every sink closed with the
+    run record, whatever ended the run (so the finished frames are written), and the loop and
+    the paths written returned. The caller ends the command with ``loop.raise_if_ended()``."""
+    loop = FrameLoop(len(source), on_error, label=source.label, console=console,
+                     description=description)
+
+    def one_frame(index: int) -> None:
+        frame = source[index]
+        detections = detector(frame)
+        for sink in sinks:
+            sink.write(frame, detections, detector.last_timings)
+
+    loop.run(one_frame)
+    record = loop.to_dict()
+    return loop, [path for sink in sinks for path in sink.close(record)]

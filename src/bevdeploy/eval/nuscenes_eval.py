@@ -19,7 +19,7 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -229,27 +229,39 @@ def evaluate_submission(submission: str | Path, dataroot: str | Path, *,
 
 
 def evaluate(results: Iterable[tuple[Frame, Detections]], dataroot: str | Path, out_dir: str
-             | Path, *, version: str = "v1.0-trainval", split: str = "val",
-             run: Callable[[], dict[str, Any]] | None = None) -> EvalResult:
+             | Path, *, version: str = "v1.0-trainval", split: str = "val") -> EvalResult:
     """Convert (frame, detections) pairs into a submission, score it, write both.
 
     Writes ``out_dir/results_nusc.json`` (the submission, global frame) and
     ``out_dir/metrics.json`` (``EvalResult.to_dict``). Frames need their ``token`` (a sample of
-    ``split``) and their calibration, which places the boxes in the global frame. ``run`` is
-    called once ``results`` is exhausted; what it returns (which frames failed and why) is
-    stored in the metrics as ``run``.
+    ``split``) and their calibration, which places the boxes in the global frame. A run of
+    the frame loop scores through the ``sinks.Metrics`` sink instead, which records the run.
     """
-    out = Path(out_dir)
     submission = {}
     for frame, dets in results:
-        if not frame.token:
-            raise InputError("frame has no sample token", path=frame.source or "<frame>",
-                             field="token")
-        submission[frame.token] = detections_to_nuscenes(dets, frame.calib, frame.token)
+        submission[sample_token(frame)] = detections_to_nuscenes(dets, frame.calib, frame.token)
+    return score(submission, dataroot, out_dir, version=version, split=split)
+
+
+def sample_token(frame: Frame) -> str:
+    """The frame's sample token, which scoring needs (an ``InputError`` when it has none)."""
+    if not frame.token:
+        raise InputError("frame has no sample token", path=frame.source or "<frame>",
+                         field="token")
+    return frame.token
+
+
+def score(submission: Mapping[str, list[dict[str, Any]]], dataroot: str | Path,
+          out_dir: str | Path, *, version: str, split: str,
+          run: Mapping[str, Any] | None = None) -> EvalResult:
+    """Write ``submission`` (sample token → global-frame boxes) as ``out_dir/results_nusc.json``,
+    score it against ``split`` and write ``out_dir/metrics.json`` with ``run`` (the frame
+    loop's record: which frames failed and why) stored as ``run``."""
+    out = Path(out_dir)
     path = write_submission(out / SUBMISSION_NAME, submission)
     result = evaluate_submission(path, dataroot, version=version, split=split)
     if run is not None:
-        result.run = run()
+        result.run = dict(run)
     result.write_json(out / METRICS_NAME)
     return result
 

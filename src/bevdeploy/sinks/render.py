@@ -1,0 +1,33 @@
+"""PNG pictures of every finished frame (``bevdeploy.viz``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from bevdeploy.data.frame import Detections, Frame
+from bevdeploy.sinks.base import RunRecord
+
+
+class Renders:
+    """A bird's-eye view and a camera mosaic per frame in ``directory``: boxes scoring at least
+    ``score_threshold``, at most ``max_boxes``, over a square view of half-width ``extent`` m.
+    The pictures are written as frames finish (a picture is useful on its own)."""
+
+    def __init__(self, directory: str | Path, *, extent: float, score_threshold: float,
+                 max_boxes: int = 100) -> None:
+        self.directory = Path(directory)
+        self.extent = extent
+        self.score_threshold = score_threshold
+        self.max_boxes = max_boxes
+        self.pictures: list[Path] = []
+
+    def write(self, frame: Frame, detections: Detections, timings: Mapping[str, float]) -> None:
+        from bevdeploy.viz import render_frame
+
+        self.pictures += render_frame(frame, detections, self.directory, extent=self.extent,
+                                      score_threshold=self.score_threshold,
+                                      max_boxes=self.max_boxes)
+
+    def close(self, run: RunRecord) -> list[Path]:
+        return list(self.pictures)
