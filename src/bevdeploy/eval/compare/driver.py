@@ -26,6 +26,7 @@ from bevdeploy.runtime.backends import RunnerOptions
 from bevdeploy.runtime.pipeline import Schedule
 from bevdeploy.vocabulary import HEAD_OUTPUTS
 
+
 def compare(package: Path, checkpoint: Path | None, frames: Iterable[Frame], *,
             tolerances: Tolerances | None = None, save: Path | None = None,
             backend: str = "onnxruntime", threads: int | None = None,
@@ -91,8 +92,6 @@ def _compare_frame(report: CompareReport, index: int, frame: Frame, model: BEVFu
                                   passed=not failures, notes=tuple(failures)))
     if save is not None:
         report.saved.append(_save_frame(Path(save), index, reference, deployed, order))
-
-
 
 
 def _save_frame(directory: Path, index: int, reference: SideOutputs, deployed: SideOutputs,

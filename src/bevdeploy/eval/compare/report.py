@@ -17,6 +17,7 @@ from rich.table import Table
 from bevdeploy.eval.compare.comparators import BoxMetrics, TensorMetrics
 from bevdeploy.eval.compare.tolerances import BOXES, STAGES, Tolerances
 
+
 @dataclass(frozen=True)
 class StageResult:
     """One stage of one frame: its metrics against the tolerance of ``precision``."""

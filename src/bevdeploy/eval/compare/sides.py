@@ -28,6 +28,7 @@ from bevdeploy.vocabulary import HEAD_OUTPUT_SOURCES, HEAD_OUTPUTS
 # The reference head's key for each head.bbox output.
 _HEAD_KEYS: dict[str, str] = dict(HEAD_OUTPUT_SOURCES)
 
+
 @dataclass
 class SideOutputs:
     """One side's tensors of a frame (by stage name) and its boxes."""
