@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, source
+from bevdeploy.runtime.kernels.checks import as_array, source
 from bevdeploy.runtime.kernels.cpu.geometry import BevPoolPlan
 
 _KERNEL = "bev_pool"

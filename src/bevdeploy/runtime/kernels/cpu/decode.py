@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from bevdeploy.data.boxes import from_mmdet3d_legacy
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, positive_ints, source
+from bevdeploy.runtime.kernels.checks import as_array, positive_ints, source
 
 _KERNEL = "decode"
 

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, finite, positive_ints, source
+from bevdeploy.runtime.kernels.checks import as_array, check_projection, source
 
 _KERNEL = "depth_map"
 _MIN_DEPTH = 1e-5
@@ -66,19 +66,6 @@ def _depth_map(xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, lidar2image: np.n
         for i in range(num_points):
             if pixel[i] >= 0:
                 image[pixel[i]] = value[i]
-
-
-def check_projection(lidar2image: ArrayLike, img_aug: ArrayLike, image_size: tuple[int, int]
-                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """``lidar2image`` and ``img_aug`` as finite float64 (N, 4, 4) arrays and the image size as
-    two positive ints, or an ``InputError`` naming the bad one; shared with the CUDA kernel,
-    which takes the same host-side matrices."""
-    l2i = finite(as_array(lidar2image, _KERNEL, "lidar2image", np.float64, (None, 4, 4)),
-                 _KERNEL, "lidar2image")
-    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (l2i.shape[0], 4, 4)),
-                 _KERNEL, "img_aug")
-    height, width = positive_ints(image_size, 2, _KERNEL, "image_size")
-    return l2i, aug, (height, width)
 
 
 def depth_map(points: ArrayLike, lidar2image: ArrayLike, img_aug: ArrayLike,

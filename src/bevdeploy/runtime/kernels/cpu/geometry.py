@@ -29,8 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import (as_array, cell_count, finite, positive_ints,
-                                                   source)
+from bevdeploy.runtime.kernels.checks import cell_count, check_calibration, positive_ints, source
 
 _KERNEL = "geometry"
 
@@ -185,38 +184,21 @@ def _group_by_cell(cells: np.ndarray, num_cells: int
     return indices, starts, ends, occupied.astype(np.int64)
 
 
-def _grid_constants(bounds: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's float32 ``dx`` and ``bx − dx/2`` (as float64 for the projection)."""
+def grid_constants(bounds: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's float32 ``dx`` and ``bx − dx/2`` (as float64 for the projection); the
+    CUDA kernel uses the same constants."""
     dx = np.array([b[2] for b in bounds], dtype=np.float32)
     bx = np.array([b[0] + b[2] / 2.0 for b in bounds], dtype=np.float32)
     lower = bx - dx / np.float32(2.0)
     return lower.astype(np.float64), dx.astype(np.float64)
 
 
-def _inverse(matrices: np.ndarray, field: str) -> np.ndarray:
+def inverse_3x3(matrices: np.ndarray, field: str) -> np.ndarray:
     """Batched 3×3 inverse; a singular matrix is an input error, not a LinAlgError."""
     try:
         return np.linalg.inv(matrices)
     except np.linalg.LinAlgError:
         raise InputError("a 3x3 block is singular", path=source(_KERNEL), field=field) from None
-
-
-def check_calibration(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
-                      lidar_aug: ArrayLike
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The geometry's matrices as finite float64 arrays of consistent shapes ((N, 4, 4),
-    (N, 3, 3), (N, 4, 4), (4, 4)), or an ``InputError`` naming the bad one; shared with the
-    CUDA kernel, which checks its host-side calibration the same way."""
-    c2l = finite(as_array(camera2lidar, _KERNEL, "camera2lidar", np.float64, (None, 4, 4)),
-                 _KERNEL, "camera2lidar")
-    n = c2l.shape[0]
-    k = finite(as_array(intrinsics, _KERNEL, "intrinsics", np.float64, (n, 3, 3)), _KERNEL,
-               "intrinsics")
-    aug = finite(as_array(img_aug, _KERNEL, "img_aug", np.float64, (n, 4, 4)), _KERNEL,
-                 "img_aug")
-    laug = finite(as_array(lidar_aug, _KERNEL, "lidar_aug", np.float64, (4, 4)), _KERNEL,
-                  "lidar_aug")
-    return c2l, k, aug, laug
 
 
 def geometry(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
@@ -243,10 +225,10 @@ def geometry(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
     if n * d * fh * fw > np.iinfo(np.int32).max:
         raise InputError(f"{n}×{d}×{fh}×{fw} frustum points do not fit the plan's int32 indices",
                          path=source(_KERNEL), field="feature_size")
-    lower, step = _grid_constants((xbound, ybound, zbound))
+    lower, step = grid_constants((xbound, ybound, zbound))
 
-    cam_rot = c2l[:, :3, :3] @ _inverse(k, "intrinsics")
-    cells = _frustum_cells(points.reshape(-1, 3), _inverse(aug[:, :3, :3], "img_aug"),
+    cam_rot = c2l[:, :3, :3] @ inverse_3x3(k, "intrinsics")
+    cells = _frustum_cells(points.reshape(-1, 3), inverse_3x3(aug[:, :3, :3], "img_aug"),
                            np.ascontiguousarray(aug[:, :3, 3]), np.ascontiguousarray(cam_rot),
                            np.ascontiguousarray(c2l[:, :3, 3]),
                            np.ascontiguousarray(laug[:3, :3]), np.ascontiguousarray(laug[:3, 3]),

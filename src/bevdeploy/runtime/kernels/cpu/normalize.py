@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, finite, positive_ints, source
+from bevdeploy.runtime.kernels.checks import as_array, check_normalize_params, source
 
 _KERNEL = "normalize"
 
@@ -72,28 +72,3 @@ def normalize(images: ArrayLike, resize: float, resized_size: tuple[int, int],
     if n:
         _normalize(np.stack(crops), mean32, std32, out)
     return out
-
-
-def check_normalize_params(raw_h: int, raw_w: int, resize: float, resized_size: tuple[int, int],
-                           crop_offset: tuple[int, int], image_size: tuple[int, int],
-                           mean: ArrayLike, std: ArrayLike
-                           ) -> tuple[int, int, int, int, int, int, np.ndarray, np.ndarray]:
-    """The resize/crop/statistics checks both normalize kernels (CPU and CUDA) make, in one
-    place: returns ``rh, rw, h, w, top, left, mean32, std32``."""
-    rh, rw = positive_ints(resized_size, 2, _KERNEL, "resized_size")
-    if (int(raw_h * resize), int(raw_w * resize)) != (rh, rw):
-        raise InputError(f"images are {(raw_h, raw_w)} (H, W); resizing by {resize} gives "
-                         f"{(int(raw_h * resize), int(raw_w * resize))}, not the expected "
-                         f"{(rh, rw)}: the camera images do not have the package's raw size",
-                         path=source(_KERNEL), field="images")
-    h, w = positive_ints(image_size, 2, _KERNEL, "image_size")
-    top, left = (int(v) for v in crop_offset)
-    if top < 0 or left < 0 or top + h > rh or left + w > rw:
-        raise InputError(f"crop {image_size} at {crop_offset} does not fit in the resized "
-                         f"{(rh, rw)} image", path=source(_KERNEL), field="crop_offset")
-    mean32 = finite(as_array(mean, _KERNEL, "mean", np.float32, (3,)), _KERNEL, "mean")
-    std32 = finite(as_array(std, _KERNEL, "std", np.float32, (3,)), _KERNEL, "std")
-    if np.any(std32 <= 0):
-        raise InputError(f"std must be positive, got {std32.tolist()}", path=source(_KERNEL),
-                         field="std")
-    return rh, rw, h, w, top, left, mean32, std32

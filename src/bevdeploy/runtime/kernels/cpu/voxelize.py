@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, positive_ints, source
+from bevdeploy.runtime.kernels.checks import as_array, positive_ints, source
 
 _KERNEL = "voxelize"
 _DROPPED = -1  # a dropped point's key; an empty table slot; a voxel past the cap

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import source
+from bevdeploy.runtime.kernels.checks import source
 
 if TYPE_CHECKING:
     from triton.backends.compiler import GPUTarget

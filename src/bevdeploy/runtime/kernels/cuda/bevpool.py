@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import source
+from bevdeploy.runtime.kernels.checks import source
 from bevdeploy.runtime.kernels.cuda._launch import (device_tensor, kernel, lanes, max_combine,
                                                     sum_combine)
 from bevdeploy.runtime.kernels.cuda.geometry import DeviceBevPoolPlan

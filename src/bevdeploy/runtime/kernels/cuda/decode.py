@@ -16,7 +16,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import as_array, positive_ints, source
+from bevdeploy.runtime.kernels.checks import as_array, positive_ints, source
 from bevdeploy.runtime.kernels.cuda._launch import device_tensor
 
 _KERNEL = "decode"

@@ -21,8 +21,7 @@ import triton.language as tl
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import source
-from bevdeploy.runtime.kernels.cpu.depth import check_projection
+from bevdeploy.runtime.kernels.checks import check_projection, source
 from bevdeploy.runtime.kernels.cuda._launch import device_tensor, kernel, lanes, upload
 
 _KERNEL = "depth_map"

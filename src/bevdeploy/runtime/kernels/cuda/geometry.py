@@ -27,9 +27,9 @@ import triton.language as tl
 from numpy.typing import ArrayLike
 
 from bevdeploy.errors import InputError
-from bevdeploy.runtime.kernels.cpu._checks import cell_count, source
-from bevdeploy.runtime.kernels.cpu.geometry import (BevPoolPlan, _grid_constants, _inverse,
-                                                    check_calibration, frustum)
+from bevdeploy.runtime.kernels.checks import cell_count, check_calibration, source
+from bevdeploy.runtime.kernels.cpu.geometry import (BevPoolPlan, frustum, grid_constants,
+                                                    inverse_3x3)
 from bevdeploy.runtime.kernels.cuda._launch import kernel, lanes, upload
 
 _KERNEL = "geometry"
@@ -152,9 +152,9 @@ def geometry(camera2lidar: ArrayLike, intrinsics: ArrayLike, img_aug: ArrayLike,
         raise InputError(f"{n}×{d}×{fh}×{fw} frustum points or a {nx}×{ny}×{nz} grid do not "
                          "fit the plan's int32 indices", path=source(_KERNEL),
                          field="feature_size")
-    lower, step = _grid_constants((xbound, ybound, zbound))
-    cam_rot = c2l[:, :3, :3] @ _inverse(k, "intrinsics")
-    cameras = np.concatenate([_inverse(aug[:, :3, :3], "img_aug").reshape(n, 9),
+    lower, step = grid_constants((xbound, ybound, zbound))
+    cam_rot = c2l[:, :3, :3] @ inverse_3x3(k, "intrinsics")
+    cameras = np.concatenate([inverse_3x3(aug[:, :3, :3], "img_aug").reshape(n, 9),
                               aug[:, :3, 3], cam_rot.reshape(n, 9), c2l[:, :3, 3]], axis=1)
     grid = np.concatenate([laug[:3, :3].reshape(9), laug[:3, 3], lower, step])
 

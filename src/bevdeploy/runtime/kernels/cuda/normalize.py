@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from numpy.typing import ArrayLike
 
-from bevdeploy.runtime.kernels.cpu.normalize import check_normalize_params
+from bevdeploy.runtime.kernels.checks import check_normalize_params
 from bevdeploy.runtime.kernels.cuda._launch import (device_tensor, kernel, lanes, sum_combine,
                                                     upload)
 
