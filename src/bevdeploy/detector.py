@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.errors import ConfigError
@@ -92,7 +92,20 @@ def check_options(*, package: bool, backend: str | None = None, schedule: str = 
     return DetectorOptions(backend, config, schedule)
 
 
-class PackageDetector:
+class _Closing:
+    """``with detector.open(...) as d:`` closes the detector at the end of the block."""
+
+    def close(self) -> None:
+        """Release what the detector holds (threads, sessions)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PackageDetector(_Closing):
     """A deploy package on a backend: the runtime's ``Pipeline`` under the options' schedule."""
 
     def __init__(self, package: DeployPackage, options: DetectorOptions, *,
@@ -123,7 +136,7 @@ class PackageDetector:
         self.pipeline.close()
 
 
-class ReferenceDetector:
+class ReferenceDetector(_Closing):
     """The PyTorch reference of a preset (eager, on the CPU), timed as one stage."""
 
     backend = REFERENCE_BACKEND
@@ -146,9 +159,6 @@ class ReferenceDetector:
         detections = self.model.predict(frame, fp16_points=self.fp16_points)
         self.last_timings = {"total": (time.perf_counter() - t0) * 1e3}
         return detections
-
-    def close(self) -> None:
-        """Nothing to release (the model is garbage-collected)."""
 
 
 def open(model: str | Path | DeployPackage | Preset, *,  # noqa: A001 (bevdeploy.detector.open)

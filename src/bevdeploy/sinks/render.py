@@ -30,4 +30,5 @@ class Renders:
                                       max_boxes=self.max_boxes)
 
     def close(self, run: RunRecord) -> list[Path]:
-        return list(self.pictures)
+        """The pictures' folder, when any picture was drawn (``pictures`` lists them)."""
+        return [self.directory] if self.pictures else []

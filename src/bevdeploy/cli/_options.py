@@ -1,0 +1,54 @@
+"""Option definitions shared by the commands, declared once (Polygraphy's argument groups):
+the same flag means the same thing, with the same help, wherever it appears.
+
+Each is an ``Annotated`` type; a command gives the default in its signature, e.g.
+``threads: Threads = None``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bevdeploy.frame_loop import OnError
+
+GPU_CONFIG_HELP = ("GPU switches of torch-cuda / tensorrt, '+'-joined: fp32|fp16|bf16 "
+                   "(torch-cuda), cl (channels-last, torch-cuda), graph (CUDA graphs), streams "
+                   "(camera and LiDAR branches on two CUDA streams), host (normalize, depth, "
+                   "voxelize, SCN and decode on the CPU instead of the GPU); e.g. "
+                   "fp16+cl+graph+streams.")
+
+SCHEDULE_HELP = ("CPU backends: sequential, or branches (camera and LiDAR branches on two "
+                 "threads, joined before the fuser). The frames schedule (consecutive frames "
+                 "overlapped) is for `bevdeploy bench` and Pipeline.run_stream: a per-frame "
+                 "error policy needs frames run one at a time.")
+
+# ---- the dataset
+DataOpt = Annotated[Path, typer.Option(help="nuScenes-format dataset root.")]
+VersionOpt = Annotated[str, typer.Option(help="nuScenes version folder.")]
+SplitOpt = Annotated[str, typer.Option(help="Split: train/val/test/mini_train/mini_val/all.")]
+LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N frames.")]
+
+# ---- what runs
+PackageOpt = Annotated[Optional[Path], typer.Option(
+    help="Deploy package: run the torch-free runtime (ONNX Runtime on the CPU by default).")]
+BackendOpt = Annotated[Optional[str], typer.Option(
+    help="onnxruntime (the default with --package), torch-cuda or tensorrt (GPU, with "
+         "--package) or torch (the PyTorch reference, the default without).")]
+PresetOpt = Annotated[str, typer.Option(help="Preset name or YAML path (the torch backend's; a "
+                                          "package carries its own).")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    help="Weights of the torch backend; the preset's default checkpoint when omitted.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="CPU threads of the runtime "
+                                                            "(default: all cores).")]
+GpuConfigOpt = Annotated[Optional[str], typer.Option(help=GPU_CONFIG_HELP)]
+ScheduleOpt = Annotated[str, typer.Option(help=SCHEDULE_HELP)]
+ErrorPolicyOpt = Annotated[OnError, typer.Option(
+    "--on-error", help="A frame that fails (a damaged file): stop the run, or skip it, go on "
+                       "and exit 8 with the failures listed in the outputs' run record.")]
+
+# ---- outputs
+JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON "
+                                                                "(atomically).")]

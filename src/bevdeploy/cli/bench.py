@@ -1,0 +1,139 @@
+"""``bench`` and ``bench-kernels``: latency measured, never asserted (tests check correctness)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from bevdeploy.cli._app import command, console, err_console
+from bevdeploy.cli._options import GPU_CONFIG_HELP, JsonOutOpt
+
+@command(name="bench-kernels")
+def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset whose shapes "
+                                             "are timed."),
+                  points: int = typer.Option(350_000, help="Points fed to voxelize/depth."),
+                  voxels: int = typer.Option(120_000, help="Voxels fed to the SCN executor."),
+                  scn: bool = typer.Option(True, help="cpu: also time the SCN executor "
+                                           "against spconv's CPU path on the same voxels (needs "
+                                           "torch); cuda always times the SCN on torch."),
+                  repeats: int = typer.Option(10, min=3, help="Timed runs after warm-up."),
+                  device: str = typer.Option("cpu", help="cpu: the numba kernels; cuda: the "
+                                             "Triton kernels on the GPU, CUDA-event timed, "
+                                             "floors from its copy bandwidth (no SCN rows)."),
+                  json_out: JsonOutOpt = None) -> None:
+    """Each kernel's median time after warm-up next to its floor on this machine (bytes
+    over the measured copy bandwidth, or MACs over the measured float32 GEMM rate)."""
+    import dataclasses
+    import json
+
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.io import atomic_write
+    from bevdeploy.presets import get_preset
+    from bevdeploy.bench.kernels import kernel_benchmarks
+
+    p = get_preset(preset)
+    if device == "cuda":
+        try:
+            import torch
+            from bevdeploy.bench.kernels_cuda import cuda_kernel_benchmarks
+        except ImportError as exc:
+            raise ConfigError(f"the CUDA kernels need torch and triton (pip install "
+                              f"'bevdeploy[gpu]'): {exc}", field="--device") from None
+        if not torch.cuda.is_available():
+            raise ConfigError("no CUDA device is usable", field="--device")
+        rows = cuda_kernel_benchmarks(p, num_points=points, repeats=repeats)
+    elif device == "cpu":
+        rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
+    else:
+        raise ConfigError(f"expected cpu or cuda, got {device!r}", field="--device")
+    digits = 3 if device == "cuda" else 1
+    table = Table(title=f"{device.upper()} kernels, {p.name} shapes (median of {repeats} after "
+                        "warm-up)")
+    for col in ("kernel", "work", "median ms", "p90 ms", "floor ms", "× floor", "floor basis"):
+        table.add_column(col, justify="right" if "ms" in col or "×" in col else "left")
+    for r in rows:
+        table.add_row(r.kernel, r.work, f"{r.median_ms:.{digits}f}", f"{r.p90_ms:.{digits}f}",
+                      f"{r.floor_ms:.{digits}f}", f"{r.ratio:.1f}", r.floor_basis)
+    result: dict = {"kernels": [dataclasses.asdict(r) for r in rows]}
+    if scn and device == "cpu":
+        from bevdeploy.bench.scn import scn_benchmark
+
+        s = scn_benchmark(p.name, voxels, repeats=repeats)
+        result["scn"] = s
+        table.add_row("scn (ours)", f"{s['num_voxels']:,} voxels, {s['conv_macs'] / 1e9:.1f} GMAC",
+                      f"{s['ours_median_s'] * 1e3:.0f}", "", f"{s['floor_s'] * 1e3:.0f}",
+                      f"{s['ours_median_s'] / s['floor_s']:.1f}",
+                      f"MACs at {s['gemm_macs_per_s'] / 1e9:.0f} GMAC/s")
+        table.add_row("scn (spconv, 1 thread)", "same voxels",
+                      f"{s['spconv_1_thread_median_s'] * 1e3:.0f}", "", "", "",
+                      f"ours is {s['speedup_median']:.2f}× faster (wall), "
+                      f"{s['speedup_1_thread_cpu_median']:.2f}× per core; cosine {s['cosine']:.6f}")
+    console.print(table)
+    if json_out is not None:
+        atomic_write(json_out, json.dumps(result, indent=1).encode())
+
+
+@command(name="bench")
+def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat to compare "
+                                             "several (e.g. fp32 and int8) in one run."),
+          backend: list[str] = typer.Option(["onnxruntime"], help="onnxruntime, torch-cuda or "
+                                            "tensorrt; repeatable."),
+          schedule: list[str] = typer.Option(["sequential"], help="sequential, branches or "
+                                             "frames (the CPU backends'; a GPU backend runs "
+                                             "under the CUDA schedule); repeatable."),
+          gpu_config: Optional[list[str]] = typer.Option(None, help=GPU_CONFIG_HELP + " "
+                                                         "Repeatable: each GPU backend runs with "
+                                                         "each (default fp32); CPU backends "
+                                                         "ignore it."),
+          gpu_ladder: bool = typer.Option(False, "--gpu-ladder", help="GPU backends run the "
+                                          "ladder fp32+host, fp32, fp16, fp16+cl, "
+                                          "fp16+cl+graph, fp16+cl+graph+streams (tensorrt: "
+                                          "fp32+host, fp32, graph, graph+streams), one switch "
+                                          "changed per step, so each step shows its worth."),
+          reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time "
+                                         "the PyTorch eager reference and print ratios to it."),
+          reference_device: str = typer.Option("cpu", help="Where the eager reference runs: "
+                                                "cpu, or cuda (the GPU targets' baseline; its "
+                                                "sparse encoder on spconv's CUDA build, else "
+                                                "on bevdeploy's torch SCN, as its column "
+                                                "says)."),
+          checkpoint: Optional[Path] = typer.Option(None, help="Weights of the reference "
+                                                    "(default: the package's own when found, "
+                                                    "else a seeded random init)."),
+          precision: Optional[str] = typer.Option(None, help="Refuse packages whose dense "
+                                                  "modules are not at this precision "
+                                                  "(fp32/fp16/int8)."),
+          threads: Optional[int] = typer.Option(None, min=1, help="Thread budget of every "
+                                                "variant (default: all cores)."),
+          frames: int = typer.Option(10, min=1, help="Timed frames per variant."),
+          warmup: int = typer.Option(2, min=0, help="Untimed frames first (JIT, caches)."),
+          data: Optional[Path] = typer.Option(None, help="nuScenes-format dataset (default: a "
+                                              "small synthetic world, generated once)."),
+          version: str = typer.Option("v1.0-mini", help="nuScenes version folder of --data."),
+          split: str = typer.Option("mini_val", help="Split of --data."),
+          json_out: JsonOutOpt = None) -> None:
+    """Per-stage and end-to-end latency (median, p90), frames/s and peak memory of packages,
+    backends and schedules side by side with the PyTorch eager reference, each variant in its
+    own process; the dense modules' GFLOP/s against this machine's GEMM peak."""
+    import numba
+
+    from bevdeploy.bench import (FrameSource, check_devices, default_world, plan_variants,
+                                 run_bench)
+
+    budget = threads or numba.config.NUMBA_NUM_THREADS
+    variants = plan_variants(package, backends=backend, schedules=schedule, threads=budget,
+                             reference=reference, checkpoint=checkpoint, precision=precision,
+                             gpu_configs=gpu_config or (), gpu_ladder=gpu_ladder,
+                             reference_device=reference_device)
+    check_devices(variants)  # before the default world is generated
+    source = default_world() if data is None else FrameSource(str(data), version, split)
+    report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,
+                       progress=lambda message: err_console.print(message, markup=False,
+                                                                   highlight=False))
+    console.print(report.table())
+    console.print(report.dense_table())
+    if json_out is not None:
+        console.print(f"wrote {report.write_json(json_out)}")

@@ -1,0 +1,124 @@
+"""``synth`` and ``demo``: data to run on, and the main job end to end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from bevdeploy.cli._app import command, console, warn
+from bevdeploy.cli._options import ThreadsOpt
+from bevdeploy.data.frame import Detections, Frame
+
+
+def _print_summary(root: Path) -> None:
+    from bevdeploy.data.summary import summarize
+
+    s = summarize(root)
+    table = Table(title=f"nuScenes-format dataset {s.root} ({s.version})")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("scenes", f"{len(s.scenes)}: {', '.join(s.scenes)}")
+    table.add_row("samples (key frames)", str(s.samples))
+    table.add_row("LiDAR sweeps (key + intermediate)", f"{s.lidar_key_sweeps} + "
+                  f"{s.lidar_sweeps - s.lidar_key_sweeps}")
+    table.add_row("mean points per key sweep", f"{s.mean_points_per_key_sweep:,.0f}")
+    table.add_row("camera images", str(s.camera_images))
+    table.add_row("annotations", str(s.annotations))
+    for name, count in sorted(s.per_class.items()):
+        table.add_row(f"  {name}", str(count))
+    console.print(table)
+
+
+@command()
+def synth(out: Path = typer.Option(..., "--out", help="Directory to create (written atomically)."),
+          scenes: int = typer.Option(2, help="Number of scenes (≤ 10, named after the mini splits)."),
+          samples: int = typer.Option(10, help="Key frames per scene (2 Hz)."),
+          seed: int = typer.Option(0, help="Random seed; the same seed writes the same bytes."),
+          density: float = typer.Option(1.0, help="LiDAR azimuth density (1.0 ≈ 30k points/sweep)."),
+          overwrite: bool = typer.Option(False, help="Replace an existing directory.")) -> None:
+    """Write a synthetic world as a nuScenes-format dataset (v1.0-mini tables and files)."""
+    from bevdeploy.data.synthetic import write_world
+
+    t0 = time.perf_counter()
+    root = write_world(out, scenes=scenes, samples=samples, seed=seed, density=density,
+                       overwrite=overwrite)
+    console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
+    _print_summary(root)
+
+
+
+class _FrameLines:
+    """A sink printing one line per finished frame: points, boxes and milliseconds."""
+
+    def write(self, frame: Frame, detections: Detections, timings: Mapping[str, float]) -> None:
+        console.print(f"frame {frame.token}: {frame.points.shape[0]:,} points, {len(detections)} "
+                      f"boxes, {timings['total']:.0f} ms")
+
+    def close(self, run: Mapping[str, object]) -> list[Path]:
+        return []
+
+
+@command()
+def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of the demo."),
+         data: Optional[Path] = typer.Option(None, help="An existing nuScenes-format dataset; "
+                                             "a small synthetic world is generated if omitted."),
+         preset: str = typer.Option("tiny", help="Preset to export and run."),
+         frames: int = typer.Option(3, min=1, help="Frames of mini_val to run and render."),
+         threads: ThreadsOpt = None) -> None:
+    """The main job end to end on the embedded default: a synthetic world, the preset exported
+    as a deploy package, the torch-free runtime on a few frames, pictures and stage timings."""
+    from bevdeploy import detector
+    from bevdeploy.data.sources import DatasetSource
+    from bevdeploy.data.synthetic import write_world
+    from bevdeploy.errors import PackageError
+    from bevdeploy.export.writer import export_package
+    from bevdeploy.frame_loop import run_frames
+    from bevdeploy.package import load_package
+    from bevdeploy.presets import get_preset
+    from bevdeploy.sinks import Renders, StageTimings
+    from bevdeploy.viz import view_extent
+
+    p = get_preset(preset)
+    if data is None:
+        data = out / "world"
+        if not (data / "v1.0-mini").exists():
+            t0 = time.perf_counter()
+            write_world(data, scenes=2, samples=4, seed=0, density=1.0)  # as trained
+            console.print(f"generated a synthetic world in {data} "
+                          f"({time.perf_counter() - t0:.1f} s)")
+    _print_summary(data)
+
+    package = out / "package"
+    try:
+        reusable = load_package(package).preset == p
+    except PackageError:
+        reusable = False
+    if reusable:
+        console.print(f"reusing the deploy package {package}")
+    else:
+        t0 = time.perf_counter()
+        export_package(p, p.checkpoint_path, package)
+        console.print(f"exported {p.name} to {package} ({time.perf_counter() - t0:.1f} s)")
+    random_weights = p.checkpoint is None
+    if random_weights:
+        warn(f"preset {p.name} has no checkpoint: the weights are seeded random, so the boxes "
+             "are meaningless; the pictures show the 20 best-scoring ones")
+
+    source = DatasetSource(data, p, version="v1.0-mini", split="mini_val", limit=frames)
+    renders = Renders(out / "render", extent=view_extent(p),
+                      score_threshold=0.0 if random_weights else 0.3,
+                      max_boxes=20 if random_weights else 100)
+    timings = StageTimings()
+    with detector.open(package, threads=threads) as deployed:
+        loop, _ = run_frames(source, deployed, [renders, timings, _FrameLines()])
+    loop.raise_if_ended()
+    console.print("pictures:\n" + "\n".join(f"  {path}" for path in renders.pictures))
+    skip = 1 if len(timings.frames) > 1 else 0
+    console.print(f"median ms per stage over {len(timings.frames) - skip} frame(s)"
+                  + (" after the first (JIT compilation, geometry)" if skip else "")
+                  + ": " + timings.line(skip))

@@ -1,0 +1,99 @@
+"""``compare`` and ``train``: evidence that the deployed model is the reference, and a model
+trained on the synthetic world to make accuracy deltas meaningful."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bevdeploy.cli._app import command, console, err_console
+from bevdeploy.cli._options import (GPU_CONFIG_HELP, DataOpt, JsonOutOpt, SplitOpt, ThreadsOpt,
+                                    VersionOpt)
+
+@command()
+def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g. from synth)."),
+          out: Path = typer.Option(..., help="Run directory: checkpoint.pth, train_log.jsonl, "
+                                   "train_config.json."),
+          preset: str = typer.Option("tiny", help="Preset name or YAML path."),
+          minutes: Optional[float] = typer.Option(None, help="Wall-clock budget (the schedule is "
+                                                  "stretched over it)."),
+          epochs: Optional[int] = typer.Option(None, help="Epochs instead of a time budget."),
+          seed: int = typer.Option(0, help="Seed of the initial weights, order and augmentation."),
+          version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+          split: str = typer.Option("mini_train", help="Training split.")) -> None:
+    """Train a preset with the TransFusion losses (heatmap focal, Hungarian-matched focal
+    classification and L1 boxes) on the CPU."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.train.trainer import train as run_training
+
+    if minutes is None and epochs is None:
+        raise ConfigError("give --minutes or --epochs", field="--minutes")
+    t0 = time.perf_counter()
+    ckpt = run_training(preset, data, out, epochs=epochs, minutes=minutes, seed=seed,
+                        version=version, split=split)
+    console.print(f"trained in {(time.perf_counter() - t0) / 60:.1f} min; checkpoint {ckpt}")
+
+
+
+@command(name="compare")
+def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check."),
+                data: DataOpt = ...,
+                checkpoint: Optional[Path] = typer.Option(None, help="The checkpoint the package "
+                                                          "was exported from (its SHA-256 is "
+                                                          "checked); omit for random weights."),
+                version: VersionOpt = "v1.0-mini",
+                split: SplitOpt = "mini_val",
+                frames: int = typer.Option(2, min=1, help="Number of frames."),
+                precision: Optional[str] = typer.Option(None, help="Force one tolerance set "
+                                                        "(fp32/fp16/int8) for every stage; by "
+                                                        "default each stage uses its modules' "
+                                                        "precision from the manifest."),
+                save: Optional[Path] = typer.Option(None, help="Write every compared tensor "
+                                                    "pair (one .npz per frame) here."),
+                json_out: JsonOutOpt = None,
+                threads: ThreadsOpt = None,
+                backend: str = typer.Option("onnxruntime", help="Deployed side: onnxruntime, "
+                                            "torch-cuda or tensorrt."),
+                gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP + " A "
+                                                         "precision other than fp32 selects "
+                                                         "its limits unless --precision is "
+                                                         "given.")
+                ) -> None:
+    """Reference vs deployed package, stage by stage and box by box (max-abs, mean-abs,
+    cosine, NaN/Inf) against per-precision tolerances; exits 1 when any stage fails."""
+    from bevdeploy import detector
+    from bevdeploy.data.sources import DatasetSource
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.eval.compare import Tolerances, compare
+    from bevdeploy.frame_loop import FrameLoop
+    from bevdeploy.io import atomic_write
+    from bevdeploy.package import load_package
+    from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
+
+    gpu = detector.check_options(package=True, backend=backend, gpu_config=gpu_config).gpu_config
+    if gpu is None and backend in GPU_BACKENDS:
+        gpu = GpuConfig()
+    if precision is None and gpu is not None and gpu.precision != "fp32":
+        if gpu.precision == "bf16":
+            raise ConfigError("compare has no bf16 limits (an 8-bit mantissa); choose the "
+                              "limits with --precision fp16 or int8", field="--precision")
+        precision = gpu.precision
+    tolerances = Tolerances.for_precision(precision) if precision else None
+    pkg = load_package(package)
+    source = DatasetSource(data, pkg.preset, version=version, split=split, limit=frames)
+    loop = FrameLoop(len(source), label=source.label, console=err_console,
+                     description=f"compare on {split}")
+    report = compare(package, checkpoint, loop.results(source.__getitem__),
+                     tolerances=tolerances, save=save, backend=backend, threads=threads,
+                     runner_options=gpu.options(threads) if gpu else None,
+                     schedule=gpu.schedule() if gpu else "sequential")
+    console.print(report.table())
+    if json_out is not None:
+        atomic_write(json_out, report.to_json().encode())
+    if not report.passed:
+        err_console.print(f"[red]FAILED[/red] stages: {', '.join(report.failed_stages)}")
+        raise typer.Exit(1)
+    console.print("[green]PASSED[/green]: every stage within tolerance")

@@ -1,0 +1,149 @@
+"""``export``, ``optimize``, ``build``, ``inspect``: making and reading deploy packages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bevdeploy.cli._app import command, console, warn
+from bevdeploy.cli._options import ThreadsOpt
+
+@command()
+def export(out: Path = typer.Option(..., help="Package directory to write (atomically)."),
+           preset: str = typer.Option("tiny", help="Preset name or YAML path."),
+           checkpoint: Optional[Path] = typer.Option(None, help="Weights; the preset's default "
+                                                     "checkpoint, else a seeded random init."),
+           opset: int = typer.Option(17, help="ONNX opset of the dense graphs.")) -> None:
+    """Export the five ONNX modules and the manifest as a self-contained deploy package."""
+    from bevdeploy.export.inspect import print_package
+    from bevdeploy.export.writer import export_package
+    from bevdeploy.presets import get_preset
+
+    p = get_preset(preset)
+    weights = checkpoint or p.checkpoint_path
+    if weights is None:
+        warn(f"no checkpoint for preset {p.name}: exporting seeded random weights (fine for "
+             "shapes and speed, not for boxes)")
+    t0 = time.perf_counter()
+    root = export_package(p, weights, out, opset=opset)
+    console.print(f"exported {root} in {time.perf_counter() - t0:.1f} s")
+    print_package(root, console=console)
+
+
+@command()
+def optimize(package: Path = typer.Argument(..., help="Deploy package to optimize (only read)."),
+             out: Path = typer.Option(..., help="Optimized package directory (written "
+                                      "atomically)."),
+             simplify: bool = typer.Option(False, "--simplify", help="onnxslim: constant and "
+                                           "BN folding, dead-node removal."),
+             fp16: bool = typer.Option(False, "--fp16", help="FP16 dense modules (FP32 I/O; head "
+                                       "LayerNorm/Softmax/TopK/Sigmoid in FP32); with --int8 "
+                                       "only the modules INT8 leaves alone."),
+             int8: bool = typer.Option(False, "--int8", help="INT8 QDQ camera.backbone and fuser "
+                                       "(post-training, needs --calib)."),
+             calib: Optional[Path] = typer.Option(None, help="nuScenes-format dataset of the "
+                                                  "calibration frames."),
+             calib_frames: int = typer.Option(8, min=1, help="Calibration frames (spread over "
+                                              "the split)."),
+             calib_split: str = typer.Option("mini_train", help="Split of the calibration "
+                                             "frames."),
+             version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+             calibrator: str = typer.Option("percentile", help="minmax, entropy, percentile or "
+                                            "distribution (ONNX Runtime's calibrators)."),
+             exclude: Optional[list[str]] = typer.Option(None, help="Keep matching layers in "
+                                                         "float: MODULE:GLOB or GLOB over node "
+                                                         "names (repeatable)."),
+             recipe_excludes: bool = typer.Option(True, help="Also keep the reference recipe's "
+                                                  "float layer (fuser deblocks.0)."),
+             reduce_range: bool = typer.Option(True, help="7-bit INT8 weights: avoids the U8S8 "
+                                               "saturation of x86 CPUs without VNNI."),
+             sensitivity: bool = typer.Option(False, "--sensitivity", help="Rank INT8 layer "
+                                              "groups by the output cosine when quantized "
+                                              "alone; writes sensitivity.json."),
+             sensitivity_granularity: str = typer.Option("block", help="block or layer."),
+             sensitivity_top: int = typer.Option(15, min=1, help="Rows of the printed ranking."),
+             sensitivity_map: bool = typer.Option(False, "--sensitivity-map", help="Also score "
+                                                  "each group's mAP: the FP32 package with only "
+                                                  "that group quantized, on the evaluation "
+                                                  "frames (nuscenes-devkit); ranks by mAP drop. "
+                                                  "Needs --sensitivity."),
+             sensitivity_data: Optional[Path] = typer.Option(None, help="Dataset of the "
+                                                             "evaluation frames (default: "
+                                                             "--calib's)."),
+             sensitivity_split: str = typer.Option("mini_val", help="Split of the evaluation "
+                                                   "frames (none may be a calibration frame)."),
+             sensitivity_frames: int = typer.Option(8, min=1, help="Evaluation frames (spread "
+                                                    "over the split)."),
+             sensitivity_module: Optional[list[str]] = typer.Option(None, help="Probe only this "
+                                                                    "INT8 module's groups "
+                                                                    "(repeatable; default "
+                                                                    "both)."),
+             threads: ThreadsOpt = None
+             ) -> None:
+    """Simplify, convert to FP16 and/or quantize to INT8 (QDQ) the dense modules of a package;
+    the optimized modules are checked for NaN/Inf on the calibration frames. --sensitivity ranks
+    the INT8 layer groups (each quantized alone) by output cosine; with --sensitivity-map each
+    group's mAP on held-out frames, and its drop from the FP32 mAP, too (worst first)."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.optimize import (
+        CalibrationSource, Int8Options, OptimizeOptions, optimize_package,
+    )
+    from bevdeploy.optimize.int8 import INT8_MODULES, RECIPE_EXCLUDES
+    from bevdeploy.optimize.sensitivity import EvalSource
+
+    if sensitivity_granularity not in ("block", "layer"):
+        raise ConfigError(f"expected block or layer, got {sensitivity_granularity!r}",
+                          field="--sensitivity-granularity")
+    patterns = (*(RECIPE_EXCLUDES if recipe_excludes else ()), *(exclude or ()))
+    options = OptimizeOptions(
+        simplify=simplify, fp16=fp16,
+        int8=Int8Options(calibrator=calibrator, excludes=patterns, reduce_range=reduce_range)
+        if int8 else None,
+        calib=None if calib is None else CalibrationSource(calib, calib_frames, version,
+                                                           calib_split),
+        sensitivity=sensitivity_granularity if sensitivity else None,  # type: ignore[arg-type]
+        sensitivity_map=EvalSource(sensitivity_data, sensitivity_frames, version,
+                                   sensitivity_split) if sensitivity_map else None,
+        sensitivity_modules=tuple(sensitivity_module or INT8_MODULES),
+        threads=threads)
+    t0 = time.perf_counter()
+    result = optimize_package(package, out, options)
+    console.print(result.table())
+    if result.sensitivity is not None:
+        console.print(result.sensitivity.table(sensitivity_top))
+    console.print(f"wrote {result.root} in {time.perf_counter() - t0:.1f} s")
+
+
+@command()
+def build(package: Path = typer.Argument(..., help="Deploy package whose dense modules to build."),
+          precision: str = typer.Option(..., help="fp16, or int8 (needs an INT8 QDQ package "
+                                        "from `bevdeploy optimize --int8`)."),
+          workspace: Optional[float] = typer.Option(None, help="Builder workspace limit, GB "
+                                                    "(default: TensorRT's)."),
+          timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file: read if "
+                                                      "it exists, written back after the "
+                                                      "build (faster rebuilds)."),
+          out: Optional[Path] = typer.Option(None, help="Write a copy with the engines here "
+                                             "(atomically) instead of adding them in place."),
+          device: str = typer.Option("cuda", help="CUDA device to build for.")) -> None:
+    """Build TensorRT engines of the four dense modules into the package and record TensorRT
+    version, GPU, compute capability, flags and hashes in its manifest (SCN: sparse executor)."""
+    from bevdeploy.engines import build_engines
+    from bevdeploy.export.inspect import print_package
+
+    t0 = time.perf_counter()
+    root = build_engines(package, precision=precision, workspace_gb=workspace,
+                         timing_cache=timing_cache, out=out, device=device, log=console.print)
+    console.print(f"built {precision} engines into {root} in {time.perf_counter() - t0:.1f} s")
+    print_package(root, console=console)
+
+
+@command(name="inspect")
+def inspect_package(package: Path = typer.Argument(..., help="Deploy package directory.")) -> None:
+    """Print a package's manifest as tables (every file's hash is verified first)."""
+    from bevdeploy.export.inspect import print_package
+
+    print_package(package, console=console)

@@ -1,0 +1,178 @@
+"""``infer`` and ``eval``: frames from a source through a detector into sinks.
+
+Both commands are the same flow (``frame_loop.run_frames``) with different sinks: ``infer``
+writes detections (and, for a dataset, a nuScenes submission and pictures), ``eval`` scores the
+run with nuscenes-devkit. Options are checked before anything loads, inputs are read before the
+model loads, so that a bad flag or a bad file fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from bevdeploy.cli._app import console, command, err_console, finish, warn
+from bevdeploy.cli._options import (BackendOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
+                                    GpuConfigOpt, LimitOpt, PackageOpt, PresetOpt, ScheduleOpt,
+                                    SplitOpt, ThreadsOpt, VersionOpt)
+from bevdeploy.frame_loop import OnError
+
+
+def _say_weights(detector: Any) -> None:
+    """The reference's weights on the console: the checkpoint's load report, or a warning that
+    they are random (a package carries its own, already verified)."""
+    weights = getattr(detector, "weights", None)
+    if weights is None:
+        return
+    if weights.report is None:
+        warn(f"no checkpoint for preset {detector.preset.name}: the weights are randomly "
+             f"initialised (seed {weights.seed}); boxes are meaningless")
+        return
+    report = weights.report
+    console.print(report.summary() if report.ok and not report.notes else report.table(),
+                  soft_wrap=True)
+
+
+@command()
+def infer(out: Path = typer.Option(..., help="Output directory (detections.json, "
+                                   "results_nusc.json, render/)."),
+          package: PackageOpt = None,
+          data: Optional[Path] = typer.Option(None, help="nuScenes-format dataset root (dataset "
+                                              "mode)."),
+          version: VersionOpt = "v1.0-mini",
+          split: SplitOpt = "mini_val",
+          pcd: Optional[Path] = typer.Option(None, help="One point cloud (single-frame mode): "
+                                             ".pcd, .pcd.bin (nuScenes), .bin (KITTI) or .npy."),
+          images: Optional[list[Path]] = typer.Option(None, help="The camera images in the "
+                                                      "preset's camera order: --images F1 ... FN."),
+          more_images: Optional[list[Path]] = typer.Argument(None, metavar="IMAGE",
+                                                             help="The images after the first "
+                                                             "one of --images.",
+                                                             show_default=False),
+          calib: Optional[Path] = typer.Option(None, help="Calibration YAML of the rig "
+                                               "(bevdeploy.data.calib_yaml)."),
+          backend: BackendOpt = None,
+          preset: PresetOpt = "tiny",
+          checkpoint: CheckpointOpt = None,
+          limit: LimitOpt = None,
+          threads: ThreadsOpt = None,
+          render: bool = typer.Option(False, help="Write a BEV and a camera PNG per frame to "
+                                      "OUT/render."),
+          render_threshold: float = typer.Option(0.3, help="Draw boxes scoring at least this."),
+          fp16_points: bool = typer.Option(False, help="torch backend: round points through "
+                                           "float16 first, as the published numbers did."),
+          seed: int = typer.Option(0, help="torch backend: seed of the initial weights when no "
+                                   "checkpoint exists."),
+          gpu_config: GpuConfigOpt = None,
+          schedule: ScheduleOpt = "sequential",
+          on_error: ErrorPolicyOpt = OnError.stop) -> None:
+    """Detect objects in every frame of a dataset split (--data) or in one frame given as files
+    (--pcd, --images, --calib); write detections (bevdeploy convention) and, for a dataset, a
+    nuScenes submission (global frame), atomically.
+
+    Once frames run, the outputs always hold exactly the frames that finished, and
+    detections.json's "run" record says whether the run was complete, partial (frames skipped),
+    stopped by an error or interrupted by Ctrl-C (then exit 130), with every failure."""
+    from bevdeploy import detector
+    from bevdeploy.data.sources import DatasetSource, FileSource, FrameFiles
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.frame_loop import run_frames
+    from bevdeploy.io import check_output_dir
+    from bevdeploy.package import load_package
+    from bevdeploy.presets import get_preset
+    from bevdeploy.sinks import DetectionsJson, Renders, StageTimings, Submission
+    from bevdeploy.viz import view_extent
+
+    camera_files = [*(images or []), *(more_images or [])]
+    if more_images and not images:
+        raise ConfigError(f"unexpected argument(s) {[str(f) for f in more_images]}; camera images "
+                          "follow --images", field="--images")
+    single = pcd is not None or bool(camera_files) or calib is not None
+    if (data is None) == (not single):
+        raise ConfigError("give either --data (a dataset) or --pcd, --images and --calib (one "
+                          "frame)", field="--data")
+    if single and (pcd is None or not camera_files or calib is None):
+        raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
+                          field="--pcd")
+    check_output_dir(out)  # before hours of frames, not after
+    options = detector.check_options(package=package is not None, backend=backend,
+                                     schedule=schedule, gpu_config=gpu_config)
+    pkg = load_package(package) if package is not None else None
+    p = pkg.preset if pkg is not None else get_preset(preset)
+    if single:
+        assert pcd is not None and calib is not None
+        source: Any = FileSource(FrameFiles(pcd, tuple(camera_files), calib), p)
+    else:
+        source = DatasetSource(data, p, version=version, split=split, limit=limit)
+    timings = StageTimings()
+    sinks: list[Any] = [Renders(out / "render", extent=view_extent(p),
+                                score_threshold=render_threshold)] if render else []
+    sinks += [DetectionsJson(out / "detections.json",
+                             {"preset": p.name, "backend": options.backend,
+                              "package": None if package is None else str(package)}), timings]
+    if source.global_poses:
+        sinks.append(Submission(out / "results_nusc.json"))
+    with detector.open(pkg if pkg is not None else p, backend=options.backend,
+                       checkpoint=checkpoint, threads=threads, gpu_config=options.gpu_config,
+                       schedule=options.schedule, seed=seed, fp16_points=fp16_points) as model:
+        _say_weights(model)
+        loop, written = run_frames(source, model, sinks, on_error=on_error,
+                                   console=err_console,
+                                   description=f"{options.backend} inference")
+    if timings.frames:
+        console.print(f"{loop.done} frame(s); median ms: {timings.line()}")
+    console.print(f"{loop.summary()}; wrote " + ", ".join(str(w) for w in written),
+                  highlight=False, soft_wrap=True)
+    finish(loop)
+
+
+@command(name="eval")
+def eval_cmd(data: DataOpt,
+             out: Path = typer.Option(..., help="Output directory: results_nusc.json, "
+                                      "metrics.json."),
+             package: PackageOpt = None,
+             backend: BackendOpt = None,
+             preset: PresetOpt = "tiny",
+             checkpoint: CheckpointOpt = None,
+             version: VersionOpt = "v1.0-mini",
+             split: SplitOpt = "mini_val",
+             limit: LimitOpt = None,
+             threads: ThreadsOpt = None,
+             gpu_config: GpuConfigOpt = None,
+             schedule: ScheduleOpt = "sequential",
+             on_error: ErrorPolicyOpt = OnError.stop) -> None:
+    """mAP, NDS, TP errors and per-class AP through nuscenes-devkit's DetectionEval, for the
+    reference or a deployed package, on real nuScenes or the synthetic world. A metric covers
+    the whole run or nothing: a stopped or interrupted run writes no metrics; with --limit the
+    run is scored on those samples only."""
+    from bevdeploy import detector
+    from bevdeploy.data.sources import DatasetSource
+    from bevdeploy.frame_loop import run_frames
+    from bevdeploy.io import check_output_dir
+    from bevdeploy.package import load_package
+    from bevdeploy.presets import get_preset
+    from bevdeploy.sinks import Metrics
+
+    check_output_dir(out)
+    options = detector.check_options(package=package is not None, backend=backend,
+                                     schedule=schedule, gpu_config=gpu_config)
+    pkg = load_package(package) if package is not None else None
+    p = pkg.preset if pkg is not None else get_preset(preset)
+    source = DatasetSource(data, p, version=version, split=split,  # opens before the model
+                           limit=limit)
+    metrics = Metrics(data, out, version=version, split=split)
+    with detector.open(pkg if pkg is not None else p, backend=options.backend,
+                       checkpoint=checkpoint, threads=threads, gpu_config=options.gpu_config,
+                       schedule=options.schedule, random_ok=False) as model:
+        _say_weights(model)
+        loop, written = run_frames(source, model, [metrics], on_error=on_error,
+                                   console=err_console,
+                                   description=f"{options.backend} on {split}")
+    loop.raise_if_ended()
+    assert metrics.result is not None
+    console.print(metrics.result.table())
+    console.print(f"{loop.summary()}; wrote " + " and ".join(str(w) for w in written),
+                  highlight=False, soft_wrap=True)
+    finish(loop)
