@@ -435,34 +435,3 @@ def test_graph_built_in_memory_runs_like_the_file(tiny_encoder, tiny_executor):
     feats = np.random.default_rng(19).standard_normal((len(coords), 5), dtype=np.float32)
     in_memory = ScnExecutor(encoder_to_scn(tiny_encoder, TINY))
     np.testing.assert_array_equal(in_memory.run(feats, coords), tiny_executor.run(feats, coords))
-
-
-# ------------------------------------------------------------------------------------------
-# benchmark
-# ------------------------------------------------------------------------------------------
-
-
-def test_benchmark_reports_times_floor_and_agreement():
-    from bevdeploy.runtime.kernels.cpu.bench_scn import scn_benchmark
-
-    report = scn_benchmark("tiny", 3000, seed=1, warmup=1, repeats=2)
-    assert report["num_voxels"] == 3000 and report["lidar_density"] == 1.0
-    assert report["relative_max_abs_diff"] <= RELATIVE_TOLERANCE
-    assert report["cosine"] >= MIN_COSINE
-    assert 0 < report["ours_min_s"] <= report["ours_median_s"]
-    assert report["spconv_1_thread_median_s"] > 0
-    assert report["floor_s"] == pytest.approx(report["conv_macs"] / report["gemm_macs_per_s"])
-    assert report["conv_macs"] > 0 and "rulebook:subm1" in report["stage_median_s"]
-
-
-@pytest.mark.slow
-def test_benchmark_at_nuscenes_size_beats_spconv_per_core():
-    """~120k voxels of a dense synthetic frame on the CUDA-BEVFusion grid (1440×1440×41)."""
-    from bevdeploy.runtime.kernels.cpu.bench_scn import scn_benchmark
-
-    report = scn_benchmark("nuscenes-resnet50", 120_000, seed=0)
-    assert report["num_voxels"] > 110_000
-    assert report["relative_max_abs_diff"] <= RELATIVE_TOLERANCE
-    assert report["cosine"] >= MIN_COSINE
-    # CPU time on one thread each: the same footing as spconv, and not decided by machine load.
-    assert report["speedup_1_thread_cpu_median"] > 1.5

@@ -13,9 +13,9 @@ forward enforces it, see ``bevdeploy.model.lidar.sparse_encoder.cpu_single_threa
 executor runs on every numba thread. The floor is the convs' multiply-adds (rulebook pairs × C_in × C_out) over this
 machine's float32 GEMM rate (a large ``np.matmul``).
 
-This module compares against the PyTorch reference, so, unlike the rest of the runtime, it
-needs the ``export`` extra; torch, spconv and the model are imported inside the function, so
-importing this module keeps the runtime torch-free.
+This module compares against the PyTorch reference, so it needs the ``export`` extra; torch,
+spconv and the model are imported inside the function, so importing this module needs none of
+them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bevdeploy.presets import Preset, get_preset
-from bevdeploy.runtime.kernels.bench import measure_rates
+from bevdeploy.bench.kernels import measure_rates
 from bevdeploy.runtime.scn_executor import ScnExecutor
 
 DENSITIES = (1.0, 2.0, 3.0, 4.0)  # LiDAR azimuth densities tried, up to the world's maximum

@@ -10,7 +10,7 @@ import torch
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.errors import InputError
 from bevdeploy.eval.compare import Tolerances, box_failures, match_boxes
-from bevdeploy.eval.reference_device import TorchScnEncoder, reference_on
+from bevdeploy.bench.reference_device import TorchScnEncoder, reference_on
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.checkpoint import load_checkpoint
 from bevdeploy.model.inputs import collate

@@ -1,6 +1,6 @@
 """The CUDA kernels' micro-benchmark: GPU time of each next to its floor on this GPU.
 
-The inputs are the CPU benchmark's (``kernels.bench.bench_inputs``), uploaded once; every
+The inputs are the CPU benchmark's (``bench.kernels.bench_inputs``), uploaded once; every
 kernel is timed with CUDA events around its launches (host → device copies of the inputs
 excluded, the kernels' own small uploads of calibration and filter taps included), median and
 p90 of ``repeats`` runs after warm-up (which also pays Triton's compilation).
@@ -25,8 +25,8 @@ import torch
 
 from bevdeploy.presets import Preset
 from bevdeploy.runtime.kernels import cuda
-from bevdeploy.runtime.kernels.bench import (KernelTiming, MachineRates, _bicubic_resize_macs,
-                                             bench_inputs, timing_rows)
+from bevdeploy.bench.kernels import (KernelTiming, MachineRates, _bicubic_resize_macs,
+                                     bench_inputs, timing_rows)
 
 _COPY_BYTES = 1 << 30  # 1 GiB: far past the H100's 50 MB L2
 _GEMM_SIZE = 4096
@@ -143,7 +143,7 @@ def _scn_cases(preset: Preset, feats: torch.Tensor, coords: torch.Tensor, seed: 
     benchmark's points, with seeded random weights: its floor is the convs' multiply-adds
     (rulebook pairs × C_in × C_out) at the float32 GEMM rate, or the dense BEV it writes."""
     from bevdeploy.export.scn import encoder_to_scn
-    from bevdeploy.runtime.kernels.cpu.bench_scn import benchmark_encoder
+    from bevdeploy.bench.scn import benchmark_encoder
     from bevdeploy.runtime.scn_executor import ScnExecutor
     from bevdeploy.runtime.scn_torch import TorchScnExecutor
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from bevdeploy.cli import app
 from bevdeploy.errors import ConfigError
-from bevdeploy.eval.bench import (DENSE_MODULES, ISA_FEATURES, BenchReport, FrameSource, Stat,
-                                  Variant, VariantResult, plan_variants, run_bench)
+from bevdeploy.bench import (DENSE_MODULES, ISA_FEATURES, BenchReport, FrameSource, Stat,
+                             Variant, VariantResult, plan_variants, run_bench)
 
 REL = 1e-9  # ratios are recomputed from the reported numbers: equal up to rounding
 
@@ -161,7 +161,7 @@ def test_plan_refuses_unknown_names_and_the_wrong_precision(trained_tiny_package
 
 
 def test_plan_multiplies_each_gpu_backend_by_its_configs(trained_tiny_package):
-    from bevdeploy.eval.bench import _variant_precision
+    from bevdeploy.bench.runner import _variant_precision
     from bevdeploy.package import load_package
 
     variants = plan_variants([trained_tiny_package], backends=["onnxruntime", "torch-cuda"],

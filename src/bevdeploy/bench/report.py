@@ -1,0 +1,253 @@
+"""The results of a ``bench`` run: what each variant's process measured (``VariantResult``)
+and the ``BenchReport`` of all of them — ratios to the reference, achieved GFLOP/s of the dense
+modules, the stage table, the dense-module table and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from bevdeploy import __version__
+from bevdeploy.bench.frames import FrameSource
+from bevdeploy.bench.measure import Stat, cpu_identity
+from bevdeploy.bench.variants import Variant
+from bevdeploy.io import atomic_write
+from bevdeploy.vocabulary import DENSE_MODULES
+
+# Stage rows in pipeline order; a variant without a stage shows "—".
+STAGE_ORDER = ("points", "upload", "voxelize", "scn", "normalize", "depth", "geometry", "camera.backbone",
+               "bevpool", "camera.vtransform", "fuser", "head.bbox", "decode")
+
+TOTAL_INCLUDES = {
+    "deploy": (
+        "deploy total: a Frame in memory (decoded uint8 images, float32 points, calibration) → "
+        "Detections: frame checks, point range filter (points), voxelize, SCN, image resize + "
+        "crop + normalize, depth map, camera.backbone, geometry (a plan is computed whenever the "
+        "float32 calibration differs from the previous frame's: on real nuScenes every frame, "
+        "whose camera2lidar carries the ego motion; row 'geometry computed' says how often it "
+        "was here), bevpool, camera.vtransform, fuser, head.bbox, decode. Not included: "
+        "reading and decoding the files; there is no host↔device copy on the CPU (on a GPU, row "
+        "'upload' is the copy of the points and raw images to the device). Under the "
+        "frames schedule a frame's total is its latency from the start of its preparation "
+        "(queue waits included) and stages of different threads overlap."),
+    "reference": (
+        "reference total: BEVFusion.predict's work — collate (frame checks, range filter, PIL "
+        "resize + crop + normalize, matrices; its row 'normalize'), the forward (depth map, "
+        "backbone + neck + depth net as 'camera.backbone', geometry, bev_pool, downsample as "
+        "'camera.vtransform', voxelize, spconv encoder as 'scn', fuser + decoder as 'fuser', "
+        "head) and decode; FP32 eager under torch.inference_mode. On a GPU (eager-cuda) "
+        "'normalize' includes the copy to the device, and every stage boundary waits for the "
+        "device so that a stage's time is its work."),
+}
+
+
+@dataclass
+class VariantResult:
+    """What one variant's process measured."""
+
+    variant: Variant
+    precision: str  # the dense modules' precisions in words ("fp32", "int8 (head.bbox fp32)")
+    weights: str  # what the weights are, in words
+    samples: dict[str, list[float]]  # stage → per-frame milliseconds ("total" included)
+    wall_s: float  # the timed stream, first frame in to last detections out
+    frames: int
+    distinct_frames: int
+    peak_rss_mb: float
+    baseline_rss_mb: float | None  # resident set before the variant was loaded
+    geometry_computed: int | None  # timed frames whose geometry plan was computed (deploy)
+
+    @property
+    def total(self) -> Stat:
+        return Stat.of(self.samples["total"])
+
+    @property
+    def stages(self) -> dict[str, Stat]:
+        return {name: Stat.of(v) for name, v in self.samples.items() if name != "total"}
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.wall_s
+
+    @property
+    def variant_rss_mb(self) -> float | None:
+        """Peak resident memory the variant added over the baseline."""
+        return None if self.baseline_rss_mb is None else self.peak_rss_mb - self.baseline_rss_mb
+
+
+@dataclass
+class BenchReport:
+    """All variants of one run, the machine's GEMM rate and the dense modules' MACs."""
+
+    results: list[VariantResult]
+    source: FrameSource
+    frames: int
+    warmup: int
+    threads: int
+    gemm_gflops: float  # measured float32 GEMM rate, FLOPs (2 per MAC)
+    dense_macs: dict[str, dict[str, int]] = field(default_factory=dict)  # preset → module → MACs
+    notes: list[str] = field(default_factory=list)
+    created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
+        timespec="seconds"))
+
+    def reference_of(self, result: VariantResult) -> VariantResult | None:
+        """The reference measured for ``result``'s preset, if any."""
+        preset = _preset_name(result)
+        for r in self.results:
+            if r.variant.is_reference and _preset_name(r) == preset:
+                return r
+        return None
+
+    def speedups(self, result: VariantResult) -> dict[str, Any] | None:
+        """``result`` against its preset's reference: end-to-end latency (reference median
+        total / this median total), throughput (this frames/s / reference frames/s), and the
+        same latency ratio per stage both have. ``None`` without a reference."""
+        ref = self.reference_of(result)
+        if ref is None:
+            return None
+        mine, theirs = result.stages, ref.stages
+        return {
+            "latency": ref.total.median_ms / result.total.median_ms,
+            "throughput": result.frames_per_s / ref.frames_per_s,
+            "stages": {k: theirs[k].median_ms / mine[k].median_ms for k in mine
+                       if k in theirs and mine[k].median_ms > 0},
+        }
+
+    def gflops(self, result: VariantResult) -> dict[str, float]:
+        """Achieved GFLOP/s of each dense module of ``result`` (median time, 2 FLOPs/MAC)."""
+        macs = self.dense_macs.get(_preset_name(result), {})
+        stages = result.stages
+        return {m: 2 * macs[m] / (stages[m].median_ms * 1e-3) / 1e9 for m in DENSE_MODULES
+                if m in macs and m in stages and stages[m].median_ms > 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        variants = []
+        for r in self.results:
+            variants.append({
+                **asdict(r.variant), "reference": r.variant.is_reference,
+                "preset": _preset_name(r), "precision": r.precision, "weights": r.weights,
+                "frames": r.frames, "distinct_frames": r.distinct_frames, "wall_s": r.wall_s,
+                "frames_per_s": r.frames_per_s,
+                "total": asdict(r.total), "stages": {k: asdict(v) for k, v in r.stages.items()},
+                "peak_rss_mb": r.peak_rss_mb, "baseline_rss_mb": r.baseline_rss_mb,
+                "variant_rss_mb": r.variant_rss_mb,
+                "geometry_computed_frames": r.frames if r.variant.is_reference
+                else r.geometry_computed,
+                "speedup_vs_reference": None if r.variant.is_reference else self.speedups(r),
+                "dense_gflops": self.gflops(r),
+                "samples_ms": r.samples,
+            })
+        return {
+            "bevdeploy": __version__, "created_utc": self.created_utc,
+            "machine": {"cpu_count": os.cpu_count(), "threads": self.threads,
+                        "gemm_gflops": self.gemm_gflops, "platform": sys.platform,
+                        "cpu": cpu_identity()},
+            "frames": {"source": self.source.describe(), "timed": self.frames,
+                       "warmup": self.warmup},
+            "total_includes": TOTAL_INCLUDES,
+            "peak_memory": ("VmHWM of the variant's own process; variant_rss_mb is it "
+                            "minus the resident set after the frames were loaded and before "
+                            "the variant's libraries and model"),
+            "dense_macs": self.dense_macs, "notes": self.notes, "variants": variants,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        """The report as JSON, written atomically."""
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1).encode())
+
+    def table(self) -> Table:
+        """Stages × variants (median / p90 ms, speed-up over the reference), then totals,
+        frames/s, memory; the caption says what the totals include."""
+        rs = self.results
+        cpu = cpu_identity()
+        table = Table(title=f"bevdeploy bench: {self.frames} frames after {self.warmup} warm-up, "
+                            f"{self.threads} threads of {escape(cpu['model'] or 'a CPU')} "
+                            f"({cpu['microarchitecture']}: {' '.join(cpu['isa']) or 'no AVX2'}); "
+                            f"frames from "
+                            f"{escape(self.source.describe())}",
+                      caption=escape("\n".join([TOTAL_INCLUDES["deploy"],
+                                                TOTAL_INCLUDES["reference"],
+                                                "cells: median / p90 ms (× = reference median "
+                                                "over this median). Variants ran one after "
+                                                "another, each in its own process.",
+                                                *self.notes])),
+                      caption_justify="left")
+        table.add_column("stage", no_wrap=True)
+        for r in rs:
+            table.add_column(_header(r), justify="right")
+        speedups = [None if r.variant.is_reference else self.speedups(r) for r in rs]
+        present = {k for r in rs for k in r.samples if k != "total"}
+        for stage in [s for s in STAGE_ORDER if s in present] + sorted(present - set(STAGE_ORDER)):
+            cells = []
+            for r, s in zip(rs, speedups):
+                stat = r.stages.get(stage)
+                ratio = s["stages"].get(stage) if s else None
+                cells.append("—" if stat is None else _cell(stat, ratio))
+            table.add_row(stage, *cells)
+        table.add_section()
+        table.add_row("total", *[_cell(r.total, s["latency"] if s else None)
+                                 for r, s in zip(rs, speedups)])
+        table.add_row("frames/s", *[f"{r.frames_per_s:.2f}" + (
+            f" ({s['throughput']:.2f}×)" if s else "") for r, s in zip(rs, speedups)])
+        table.add_row("peak RSS MB (+variant)", *[
+            f"{r.peak_rss_mb:.0f}" + ("" if r.variant_rss_mb is None
+                                      else f" (+{r.variant_rss_mb:.0f})") for r in rs])
+        table.add_row("geometry computed", *[
+            "every frame" if r.variant.is_reference else f"{r.geometry_computed}/{r.frames} frames"
+            for r in rs])
+        table.add_row("weights", *[r.weights for r in rs])
+        return table
+
+    def dense_table(self) -> Table:
+        """Each dense module's MACs and achieved GFLOP/s per variant, with the share of this
+        machine's measured float32 GEMM rate."""
+        table = Table(title=f"dense modules: achieved GFLOP/s (float32 GEMM peak measured "
+                            f"{self.gemm_gflops:.0f} GFLOP/s on {self.threads} threads)",
+                      caption="GFLOP/s = 2 × the module's MACs / its median time. An INT8 "
+                              "module does the same MACs as 8-bit products, so its share of "
+                              "the float32 peak can pass 100 %.", caption_justify="left")
+        table.add_column("module", no_wrap=True)
+        table.add_column("GMAC", justify="right")
+        for r in self.results:
+            table.add_column(_header(r), justify="right")
+        presets = list(dict.fromkeys(_preset_name(r) for r in self.results))
+        for preset in presets:
+            macs = self.dense_macs.get(preset)
+            if not macs:
+                continue
+            rs = [r for r in self.results if _preset_name(r) == preset]
+            rates = {id(r): self.gflops(r) for r in rs}
+            for module in DENSE_MODULES:
+                cells = []
+                for r in self.results:
+                    rate = rates.get(id(r), {}).get(module)
+                    cells.append("" if rate is None else
+                                 f"{rate:.0f} ({rate / self.gemm_gflops:.0%})")
+                table.add_row(f"{preset} {module}", f"{macs[module] / 1e9:.2f}", *cells)
+        return table
+
+
+def _header(result: VariantResult) -> str:
+    """A variant's column title: its label one part per line, then its precision (escaped: a
+    label's ``[package dir]`` is not rich markup)."""
+    return escape(f"{result.variant.label.replace(' · ', chr(10))}\n{result.precision}")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _cell(stat: Stat, ratio: float | None) -> str:
+    text = f"{_ms(stat.median_ms)} / {_ms(stat.p90_ms)}"
+    return text if ratio is None else f"{text} ({ratio:.2f}×)"
+
+
+def _preset_name(result: VariantResult) -> str:
+    return result.variant.preset

@@ -1,0 +1,38 @@
+"""``bench-kernels --scn``: the CPU sparse-conv executor timed against spconv's SparseEncoder,
+with their agreement on the benchmark's voxels.
+
+Tolerances are the executor's parity limits (tests/runtime/test_scn_executor.py): both sides
+accumulate in float32 in different orders, so they agree to rounding, ≤ 1e-4 of the output's
+largest magnitude, cosine ≥ 0.99999.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bevdeploy.bench.scn import scn_benchmark
+
+RELATIVE_TOLERANCE = 1e-4
+MIN_COSINE = 0.99999
+
+
+def test_benchmark_reports_times_floor_and_agreement():
+    report = scn_benchmark("tiny", 3000, seed=1, warmup=1, repeats=2)
+    assert report["num_voxels"] == 3000 and report["lidar_density"] == 1.0
+    assert report["relative_max_abs_diff"] <= RELATIVE_TOLERANCE
+    assert report["cosine"] >= MIN_COSINE
+    assert 0 < report["ours_min_s"] <= report["ours_median_s"]
+    assert report["spconv_1_thread_median_s"] > 0
+    assert report["floor_s"] == pytest.approx(report["conv_macs"] / report["gemm_macs_per_s"])
+    assert report["conv_macs"] > 0 and "rulebook:subm1" in report["stage_median_s"]
+
+
+@pytest.mark.slow
+def test_benchmark_at_nuscenes_size_beats_spconv_per_core():
+    """~120k voxels of a dense synthetic frame on the CUDA-BEVFusion grid (1440×1440×41)."""
+    report = scn_benchmark("nuscenes-resnet50", 120_000, seed=0)
+    assert report["num_voxels"] > 110_000
+    assert report["relative_max_abs_diff"] <= RELATIVE_TOLERANCE
+    assert report["cosine"] >= MIN_COSINE
+    # CPU time on one thread each: the same footing as spconv, and not decided by machine load.
+    assert report["speedup_1_thread_cpu_median"] > 1.5
