@@ -3,7 +3,7 @@
 Without TensorRT (this CI) the tests exercise the logic that decides whether an engine may run:
 engine records round-trip through a real manifest, an engine built by another TensorRT version
 or for another GPU is refused naming both sides, a modified engine file is refused by its hash,
-and the per-module builder flags follow the precision rule of ``build.engines``. The cases
+and the per-module builder flags follow the precision rule of ``engines.builder``. The cases
 marked ``tensorrt`` and ``gpu`` build real engines of the tiny package and hold the backend's
 detections to ONNX Runtime's at the FP16 tolerance of ``bevdeploy compare``.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bevdeploy.build import build_engines, plan_flags
+from bevdeploy.engines import build_engines, plan_flags
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.eval.compare import Tolerances, box_failures, match_boxes

@@ -1,6 +1,0 @@
-"""``bevdeploy build``: TensorRT engines from a deploy package's dense ONNX modules
-(``engines.build_engines``), recorded in its manifest for the ``tensorrt`` backend."""
-
-from bevdeploy.build.engines import build_engines, plan_flags
-
-__all__ = ["build_engines", "plan_flags"]
