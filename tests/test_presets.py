@@ -15,7 +15,7 @@ def test_registry_has_the_three_presets():
 
 
 def test_resnet50_matches_cuda_bevfusion_shapes():
-    """spec/deploy.md §0 and spec/model.md §7."""
+    """docs/reference.md#cuda-bevfusion-configuration and #tensor-walk-through."""
     p = get_preset("nuscenes-resnet50")
     assert p.cameras.num_cameras == 6
     assert p.cameras.image_size == (256, 704)

@@ -282,10 +282,11 @@ def runtime_parameters(preset: Preset) -> dict[str, Any]:
     that run outside ONNX, derived from the preset in this one place.
 
     ``geometry.img_aug`` holds one 4×4 per camera (NVIDIA's geometry used camera 0's for all,
-    spec/deploy.md §2.1); ``bev_pool_size`` is (nx, ny, nz) before the ``camera.vtransform``
-    downsample. ``decode`` maps the head outputs to metres: ``x = reg₀·out_size_factor·
-    voxel_size₀ + pc_range₀`` (same for y), sizes ``exp(dim)`` as (w, l, h), ``z = height − h/2``,
-    ``yaw_mm = atan2(rot₀, rot₁)``, then ``from_mmdet3d_legacy(z_is_bottom=False)``.
+    docs/reference.md#geometry-precompute); ``bev_pool_size`` is (nx, ny, nz) before the
+    ``camera.vtransform`` downsample. ``decode`` maps the head outputs to metres: ``x =
+    reg₀·out_size_factor· voxel_size₀ + pc_range₀`` (same for y), sizes ``exp(dim)`` as (w, l, h),
+    ``z = height − h/2``, ``yaw_mm = atan2(rot₀, rot₁)``, then
+    ``from_mmdet3d_legacy(z_is_bottom=False)``.
     """
     vt = preset.model.vtransform
     head = preset.model.head

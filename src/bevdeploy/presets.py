@@ -5,10 +5,10 @@ image size, BEV size, point features, voxel grid, head geometry) is read from he
 with another camera count, resolution or a rectangular BEV grid is a preset edit and a
 re-export, never a code change.
 
-Values of ``nuscenes-resnet50`` are CUDA-BEVFusion's ResNet50 model (spec/deploy.md §0);
-``nuscenes-swint`` is the official mit-han-lab BEVFusion-Base (spec/model.md); ``tiny`` keeps
-every module type but shrinks everything so that a full forward runs on 2 CPU cores in well
-under a second (tests, CI, the demo).
+Values of ``nuscenes-resnet50`` are CUDA-BEVFusion's ResNet50 model
+(docs/reference.md#cuda-bevfusion-configuration); ``nuscenes-swint`` is the official mit-han-lab
+BEVFusion-Base (docs/reference.md); ``tiny`` keeps every module type but shrinks everything so that
+a full forward runs on 2 CPU cores in well under a second (tests, CI, the demo).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """The camera rig and the test-time image transform (spec/model.md §1.1).
+    """The camera rig and the test-time image transform (docs/reference.md#camera-input).
 
     The transform is: resize the raw image by ``resize`` (``int(W·r), int(H·r)``), then crop
     ``image_size`` from the bottom centre (``bottom_crop_pct`` of the resized height is cut
@@ -103,7 +103,8 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class PointsConfig:
-    """LiDAR input: features per point, range filter and multi-sweep aggregation (§1.3)."""
+    """LiDAR input: features per point, range filter and multi-sweep aggregation
+    (docs/reference.md#lidar-points)."""
 
     num_features: int = 5  # x, y, z, intensity, time lag (s)
     point_cloud_range: tuple[float, float, float, float, float, float] = (-54.0, -54.0, -5.0,
@@ -126,7 +127,8 @@ class PointsConfig:
 
 @dataclass(frozen=True)
 class VoxelConfig:
-    """Hard voxelization parameters (§1.4): the mean of up to ``max_points`` per voxel."""
+    """Hard voxelization parameters (docs/reference.md#voxelization): the mean of up to
+    ``max_points`` per voxel."""
 
     voxel_size: tuple[float, float, float] = (0.075, 0.075, 0.2)
     max_points: int = 10
@@ -196,14 +198,16 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class NeckConfig:
-    """GeneralizedLSSFPN (§2.3); only output 0 (the finest level) is used."""
+    """GeneralizedLSSFPN (docs/reference.md#generalizedlssfpn-neck); only output 0 (the finest
+    level) is used."""
 
     out_channels: int = 256
 
 
 @dataclass(frozen=True)
 class VTransformConfig:
-    """DepthLSSTransform (§2.4): depth bins, BEV bounds and the downsample stack."""
+    """DepthLSSTransform (docs/reference.md#depthlsstransform): depth bins, BEV bounds and the
+    downsample stack."""
 
     out_channels: int = 80  # C, camera BEV channels
     xbound: tuple[float, float, float] = (-54.0, 54.0, 0.3)
@@ -244,7 +248,8 @@ class VTransformConfig:
 
 @dataclass(frozen=True)
 class LidarEncoderConfig:
-    """SparseEncoder (§3); ``sparse_shape`` is derived from the voxel grid (z + 1)."""
+    """SparseEncoder (docs/reference.md#sparse-encoder); ``sparse_shape`` is derived from the
+    voxel grid (z + 1)."""
 
     base_channels: int = 16
     output_channels: int = 128
@@ -273,7 +278,7 @@ class FuserConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """SECOND + SECONDFPN (§4.2–4.3)."""
+    """SECOND + SECONDFPN (docs/reference.md#second-and-secondfpn)."""
 
     out_channels: tuple[int, ...] = (128, 256)
     layer_nums: tuple[int, ...] = (5, 5)
@@ -300,7 +305,7 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """TransFusionHead + box coder (§5)."""
+    """TransFusionHead + box coder (docs/reference.md#transfusion-head)."""
 
     num_proposals: int = 200
     hidden_channel: int = 128

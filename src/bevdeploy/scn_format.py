@@ -2,8 +2,8 @@
 
 TensorRT has no sparse convolution, so CUDA-BEVFusion ships the LiDAR backbone as an ONNX
 *container* of custom nodes that its sparse-conv library (libspconv) parses itself
-(spec/deploy.md §3.2–3.3). This module owns that format for bevdeploy, torch-free, so the
-deploy path can load it without PyTorch:
+(docs/reference.md#scn-onnx-format, #libspconv-runtime). This module owns that format for bevdeploy,
+torch-free, so the deploy path can load it without PyTorch:
 
 * op types, attribute names and values are NVIDIA's (``SparseConvolution``, ``Add``, ``Relu``,
   ``ScatterDense``, ``Reshape``, ``Transpose``; ``kernel_size``, ``rulebook``, ``activation``…),
@@ -24,7 +24,7 @@ deploy path can load it without PyTorch:
 Only the XYZ coordinate order is provided (``ScatterDense.format == "xyz"``). NVIDIA's
 ``--inverse`` ZYX variant (reversed kernels and coordinates) is not written or read:
 CUDA-BEVFusion itself ships and runs the XYZ file, and the measured speed difference is gone
-(spec/deploy.md §3.2).
+(docs/reference.md#scn-onnx-format).
 """
 
 from __future__ import annotations

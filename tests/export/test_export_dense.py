@@ -174,8 +174,8 @@ def test_fuser_matches_pytorch(model, exported):
 
 
 def _suppressed_heatmap(dense_heatmap: torch.Tensor, suppressed: list[bool]) -> torch.Tensor:
-    """Independent local-max rule (spec/model.md §5.2 step 4): a suppressed class keeps an
-    interior cell only where it equals its 3×3 maximum; unsuppressed classes keep every cell."""
+    """Independent local-max rule (docs/reference.md#head-forward step 4): a suppressed class keeps
+    an interior cell only where it equals its 3×3 maximum; unsuppressed classes keep every cell."""
     h = dense_heatmap.sigmoid()
     pooled = F.max_pool2d(h, 3, stride=1, padding=1)
     interior = torch.zeros_like(h, dtype=torch.bool)
@@ -222,7 +222,7 @@ def test_head_matches_pytorch_on_the_same_queries(model, exported):
 # ---------------------------------------------------------------------------------- full size
 
 
-SPEC_TABLE = {  # spec/deploy.md §1.1, nuscenes-resnet50
+SPEC_TABLE = {  # docs/reference.md#onnx-modules, nuscenes-resnet50
     "camera.backbone": ({"img": (1, 6, 3, 256, 704), "depth": (1, 6, 1, 256, 704)},
                         {"camera_depth_weights": (6, 118, 32, 88),
                          "camera_feature": (6, 32, 88, 80)}),

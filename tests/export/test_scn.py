@@ -162,7 +162,7 @@ def test_census_shapes_and_manifest(name, tmp_path):
     details = module.details
     assert (details["sparse_convs"], details["adds"], details["relus"]) == (21, 8, 8)
     assert details["domain"] == domain and details["coordinate_order"] == "xyz"
-    if name == "nuscenes-resnet50":  # spec/deploy.md §3.2
+    if name == "nuscenes-resnet50":  # docs/reference.md#scn-onnx-format
         assert chain == [(720, 720, 21), (360, 360, 11), (180, 180, 5), (180, 180, 2)]
         assert out_shape == (1, 256, 180, 180)
         strided = [c for c in graph.sparse_convs if not c.subm]

@@ -1,5 +1,6 @@
-"""The assembled model: state-dict layout against the shipped key lists and spec/model.md §6,
-test-time preprocessing against independent maths, and end-to-end ``predict``."""
+"""The assembled model: state-dict layout against the shipped key lists and
+docs/reference.md#checkpoint-layout, test-time preprocessing against independent maths, and
+end-to-end ``predict``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from bevdeploy.presets import get_preset
 
 torch.set_num_threads(2)
 
-# spec/model.md §6: keys per top-level module (SwinT, ResNet50).
+# docs/reference.md#checkpoint-layout: keys per top-level module (SwinT, ResNet50).
 SPEC_KEYS = {
     "encoders.camera.backbone": (187, 318),
     "encoders.camera.neck": (24, 24),
@@ -132,7 +133,7 @@ def test_collate_matrices_against_independent_maths(frames):
     frame = replace(frames[0], images=np.full((6, 900, 1600, 3), 128, np.uint8))
     calib = frame.calib
     batch = collate([frame], preset)
-    # spec §1.1: the test-time image augmentation of the nuScenes presets.
+    # docs/reference.md#camera-input: the test-time image augmentation of the nuScenes presets.
     aug = np.array([[0.48, 0, 0, -32], [0, 0.48, 0, -176], [0, 0, 1, 0], [0, 0, 0, 1]])
     np.testing.assert_allclose(batch.img_aug_matrix[0].numpy(), np.broadcast_to(aug, (6, 4, 4)),
                                atol=1e-6)

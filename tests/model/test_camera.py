@@ -1,5 +1,5 @@
-"""Camera branch: checkpoint layout (spec/model.md §6), Swin/ResNet/FPN mechanics, and the
-DepthLSSTransform steps against independent numpy maths."""
+"""Camera branch: checkpoint layout (docs/reference.md#checkpoint-layout), Swin/ResNet/FPN
+mechanics, and the DepthLSSTransform steps against independent numpy maths."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _randomize_bn(module: torch.nn.Module, gen: torch.Generator) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# State-dict layout (spec §6 table and §6.1 representative keys)
+# State-dict layout (docs/reference.md#checkpoint-layout: the table and the representative keys)
 # --------------------------------------------------------------------------------------------
 
 def test_resnet50_state_dict_matches_spec():
@@ -143,7 +143,8 @@ def test_vtransform_state_dict_and_constants_match_spec():
     ("nuscenes-swint", [(192, 32, 88), (384, 16, 44), (768, 8, 22)]),
 ])
 def test_full_size_shapes_on_meta(preset_name, levels):
-    """spec §7 walk-through shapes, traced on meta tensors (no compute)."""
+    """docs/reference.md#tensor-walk-through walk-through shapes, traced on meta tensors (no
+    compute)."""
     p = get_preset(preset_name)
     with torch.device("meta"):
         backbone, neck, vt = build_camera_backbone(p), build_camera_neck(p), build_vtransform(p)
@@ -164,8 +165,9 @@ def _conv_bn(x, conv, bn, stride, padding):
 
 
 def test_resnet_bottleneck_is_pytorch_style():
-    """The first block of a strided stage, recomputed with the stride on the 3×3 conv (spec
-    §2.1 'pytorch' style) and a 1×1-stride-2 conv + BN shortcut, matches the module."""
+    """The first block of a strided stage, recomputed with the stride on the 3×3 conv
+    (docs/reference.md#resnet-50-backbone, 'pytorch' style) and a 1×1-stride-2 conv + BN shortcut,
+    matches the module."""
     gen = torch.Generator().manual_seed(0)
     net = ResNet(depth=50, base_channels=8, out_indices=(1,)).eval()
     _randomize_bn(net, gen)

@@ -95,7 +95,8 @@ def test_round_trip_identical_outputs(tmp_path, batch, source, target):
 
 
 def test_spconv1_layout_is_converted(tmp_path, batch, source, target):
-    """The mit checkpoints store sparse weights as (kx, ky, kz, I, O) (spec §6.2)."""
+    """The mit checkpoints store sparse weights as (kx, ky, kz, I, O)
+    (docs/reference.md#sparse-conv-weight-layouts)."""
     model, expected = source
     sparse = sparse_weight_keys(model)
     assert len(sparse) == 21  # conv_input + 4×2 blocks×2 convs + 3 strided + conv_out

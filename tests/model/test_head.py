@@ -1,4 +1,5 @@
-"""TransFusion head and box coder (spec/model.md §5, quirks 8–11 of §10)."""
+"""TransFusion head and box coder (docs/reference.md#transfusion-head; items 8–11
+of #reference-quirks)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""LiDAR branch: hard voxelization and the spconv-2 SparseEncoder (spec/model.md §1.4, §3, §6).
+"""LiDAR branch: hard voxelization and the spconv-2 SparseEncoder
+(docs/reference.md#voxelization, #sparse-encoder, #checkpoint-layout).
 
 The voxelizer is held to spconv's own ``PointToVoxel`` and to a plain-Python loop written from
-the spec; the encoder is held to a dense ``F.conv3d`` emulation that masks every layer to the
-active set (spec §3, "Sparse convolution semantics").
+docs/reference.md#voxelization; the encoder is held to a dense ``F.conv3d`` emulation that
+masks every layer to the active set (docs/reference.md#sparse-convolution-semantics).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def clustered_points(n_clusters: int, per_cluster: int, seed: int, spread: float
 
 
 def loop_voxelize(points: np.ndarray, preset, max_voxels: int):
-    """Spec §1.4 in plain Python: first-appearance voxels, first max_points points each."""
+    """docs/reference.md#voxelization in plain Python: first-appearance voxels, first
+    max_points points each."""
     lo = np.array(preset.points.point_cloud_range[:3], dtype=np.float32)
     size = np.array(preset.voxel.voxel_size, dtype=np.float32)
     grid = preset.grid_size
@@ -243,7 +245,7 @@ def test_sparse_encoder_equals_masked_dense_conv3d(two_threads):
     assert bev.shape == (2, 20, 2, 2)
     assert (dense.abs() > 1e-3).float().mean() > 0.3  # a live signal, not ReLU-dead zeros
     for c in range(10):
-        for z in range(2):  # BEV channel index c·Z + z (spec §3)
+        for z in range(2):  # BEV channel index c·Z + z (docs/reference.md#sparse-encoder)
             torch.testing.assert_close(bev[:, c * 2 + z], dense[:, c, :, :, z],
                                        rtol=1e-4, atol=1e-4)
 
@@ -265,7 +267,8 @@ def test_sparse_encoder_tiny_shapes_empty_input_and_errors(tiny):
 
 
 # ---------------------------------------------------------------------------------------------
-# State-dict layout of the full-size model (spec §6, §6.1, §6.2)
+# State-dict layout of the full-size model (docs/reference.md#checkpoint-layout,
+# #sparse-conv-weight-layouts)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -278,7 +281,8 @@ def test_full_size_key_names_shapes_and_counts():
     enc = build_sparse_encoder(preset)
     sd = enc.state_dict()
     assert len(sd) == 126 and _elements(enc) == pytest.approx(2.70, abs=0.005)
-    # spec §6.1 shapes (spconv-1.x: kx, ky, kz, I, O) in the spconv-2.x layout (O, kx, ky, kz, I)
+    # docs/reference.md#checkpoint-layout shapes (spconv-1.x: kx, ky, kz, I, O) in the spconv-2.x
+    # layout (O, kx, ky, kz, I)
     expected = {
         "conv_input.0.weight": (16, 3, 3, 3, 5),
         "encoder_layers.encoder_layer1.0.conv1.weight": (16, 3, 3, 3, 16),

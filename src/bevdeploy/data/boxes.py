@@ -11,8 +11,8 @@ the key sweep (nuScenes LIDAR_TOP: x right, y forward, z up)::
   nuScenes ``Box.orientation`` yaw expressed in the LiDAR frame;
 * ``(vx, vy)`` is the velocity in m/s in the LiDAR frame.
 
-The reference network (pre-1.0 mmdet3d, spec/model.md §5.3) speaks another dialect: sizes
-``(w, l, h)``, yaw ``θ_mm = −yaw − π/2`` and z at the box bottom. ``from_mmdet3d_legacy`` and
+The reference network (pre-1.0 mmdet3d, docs/reference.md#box-convention) speaks another dialect:
+sizes ``(w, l, h)``, yaw ``θ_mm = −yaw − π/2`` and z at the box bottom. ``from_mmdet3d_legacy`` and
 ``to_mmdet3d_legacy`` translate between the two; nothing else should know about it.
 """
 
@@ -32,8 +32,8 @@ def from_mmdet3d_legacy(boxes: np.ndarray, z_is_bottom: bool = True) -> np.ndarr
     """``[x, y, z, w, l, h, θ_mm, vx, vy]`` (reference decode) → bevdeploy convention.
 
     With ``z_is_bottom`` the height is added back so that z is the centre. Note the reference's
-    z quirk (spec/model.md §5.3): its decoded "bottom" z is already ≈ the true centre, so the
-    model's box coder passes ``z_is_bottom=False``.
+    z quirk (docs/reference.md#z-quirk): its decoded "bottom" z is already ≈ the true centre,
+    so the model's box coder passes ``z_is_bottom=False``.
     """
     b = np.asarray(boxes, dtype=np.float32)
     out = np.empty((b.shape[0], 9), dtype=np.float32)

@@ -11,11 +11,11 @@ Format (every matrix a list of rows; metres and pixels of the raw image)::
     lidar2ego: [[...4×4...]]   # optional, identity when absent (needed only for global outputs)
     ego2global: [[...4×4...]]  # optional, identity when absent
 
-``camera2lidar`` is the transform the network uses (spec/model.md §1.2). For a moving rig whose
-cameras and LiDAR fire at different times it should include the ego motion between the two
-captures, as nuScenes' ``sensor2lidar`` does; for a static calibration it is the mounting
-extrinsic. Cameras are read in the order the preset names them; cameras in the file that the
-preset does not use are ignored.
+``camera2lidar`` is the transform the network uses (docs/reference.md#calibration-matrices). For a
+moving rig whose cameras and LiDAR fire at different times it should include the ego motion between
+the two captures, as nuScenes' ``sensor2lidar`` does; for a static calibration it is the mounting
+extrinsic. Cameras are read in the order the preset names them; cameras in the file that the preset
+does not use are ignored.
 """
 
 from __future__ import annotations

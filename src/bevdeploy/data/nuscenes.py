@@ -6,10 +6,10 @@ poses, ``sensor2lidar`` transforms, previous sweeps, annotations. ``NuScenesLoad
 records from the devkit tables, ``bevdeploy.data.infos.InfoLoader`` from an info ``.pkl``, and both
 turn them into Frames with the same code (``RecordFrames``), so the two paths cannot drift.
 
-Conventions (spec/model.md §0–§1): everything is in the key sweep's LiDAR frame; ``camera2lidar``
-goes through the global frame with the camera's own ego pose (as ``obtain_sensor2top``), so the
-ego motion between the camera and LiDAR captures is included; GT boxes use the bevdeploy box
-convention (``bevdeploy.data.boxes``).
+Conventions (docs/reference.md#conventions, #input-pipeline): everything is in the key sweep's LiDAR
+frame; ``camera2lidar`` goes through the global frame with the camera's own ego pose (as
+``obtain_sensor2top``), so the ego motion between the camera and LiDAR captures is included; GT
+boxes use the bevdeploy box convention (``bevdeploy.data.boxes``).
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ class SampleRecord:
 
 
 class RecordFrames(ABC, Sequence[Frame]):
-    """A sequence of Frames built from ``SampleRecord``s with the §1.3 sweep rules.
+    """A sequence of Frames built from ``SampleRecord``s with the sweep rules of
+    docs/reference.md#lidar-points.
 
     ``sweeps`` previous sweeps (default: the preset's) are aggregated; ``sweep_policy`` picks
     them when more are available: ``"nearest"`` (default) takes the most recent, deterministic;
@@ -337,9 +338,9 @@ def open_devkit(dataroot: Path, version: str) -> NuScenes:
 
 # ----------------------------------------------------------------------------------- submission
 
-# mmdet3d's heuristic (``NuScenesDataset._format_bbox``, spec/model.md §5.3): a box faster than
-# 0.2 m/s gets the "moving" attribute of its kind; a slower one "standing"/"stopped" where the
-# reference says so; everything else the class default.
+# mmdet3d's heuristic (``NuScenesDataset._format_bbox``, docs/reference.md#box-convention): a box
+# faster than 0.2 m/s gets the "moving" attribute of its kind; a slower one "standing"/"stopped"
+# where the reference says so; everything else the class default.
 _DEFAULT_ATTRIBUTE = {
     "car": "vehicle.parked", "pedestrian": "pedestrian.moving", "trailer": "vehicle.parked",
     "truck": "vehicle.parked", "bus": "vehicle.moving", "motorcycle": "cycle.without_rider",
@@ -381,7 +382,8 @@ def detections_to_nuscenes(dets: Detections, calib: Calibration,
     ego frame by ``lidar2ego``, dropped when its BEV distance from the ego exceeds the devkit's
     class range, then moved to the global frame by ``ego2global``; the velocity (vx, vy, 0) is
     rotated along. One deliberate difference: the translation is the box's true centre, where
-    the reference reports ``z + h/2`` (its z quirk, spec/model.md §5.3); nuScenes metrics ignore z.
+    the reference reports ``z + h/2`` (its z quirk, docs/reference.md#z-quirk); nuScenes
+    metrics ignore z.
     """
     ranges = class_ranges()
     unknown = sorted({dets.class_names[i] for i in dets.labels} - ranges.keys())

@@ -1,4 +1,5 @@
-"""Test-time preprocessing maths, in one place (spec/model.md §1.1–§1.2).
+"""Test-time preprocessing maths, in one place
+(docs/reference.md#camera-input, #calibration-matrices).
 
 The matrices here are the only source of ``img_aug_matrix`` and ``lidar2image``: the reference
 model, the exporter, the runtime kernels and the renderers all call these functions, so a change
@@ -30,7 +31,8 @@ def img_aug_matrix(cameras: CameraConfig) -> np.ndarray:
 
 def img_aug_matrices(cameras: CameraConfig) -> np.ndarray:
     """(N, 4, 4): one ``img_aug_matrix`` per camera (identical at test time, kept per camera so
-    that the geometry never assumes it; NVIDIA's uses camera 0's for all, spec/deploy.md §2.1)."""
+    that the geometry never assumes it; NVIDIA's uses camera 0's for all,
+    docs/reference.md#geometry-precompute)."""
     return np.repeat(img_aug_matrix(cameras)[None], cameras.num_cameras, axis=0)
 
 

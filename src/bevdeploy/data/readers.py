@@ -4,8 +4,8 @@ Every reader turns a bad file into an ``InputError`` that names the file and the
 (a fleet job failing on frame 4,031 must say which file to look at), never a numpy or PIL
 traceback (an unreadable file — no permission, a directory, a truncated JPEG — included).
 Multi-sweep aggregation lives here because it is LiDAR reading with a rule set
-(spec/model.md §1.3), shared by the nuScenes loader and the info-file loader, and usable with any
-rig that can give each previous sweep's pose relative to the key sweep.
+(docs/reference.md#lidar-points), shared by the nuScenes loader and the info-file loader, and usable
+with any rig that can give each previous sweep's pose relative to the key sweep.
 """
 
 from __future__ import annotations
@@ -212,9 +212,9 @@ def select_sweeps(available: int, wanted: int, policy: SweepPolicy = "nearest",
     All of them when there are at most ``wanted``. Otherwise ``"nearest"`` takes the ``wanted``
     most recent (the reference's ``test_mode=True``), and ``"random"`` draws ``wanted`` without
     replacement with ``rng.choice`` — the reference's behaviour at test time, since its pipeline
-    does not set ``test_mode`` (spec/model.md §1.3). A legacy ``RandomState`` is used so that a
-    state seeded like ``np.random.seed`` draws exactly what the reference's ``np.random.choice``
-    would.
+    does not set ``test_mode`` (docs/reference.md#lidar-points). A legacy ``RandomState`` is used so
+    that a state seeded like ``np.random.seed`` draws exactly what the reference's
+    ``np.random.choice`` would.
     """
     if available <= wanted:
         return np.arange(available)
@@ -240,7 +240,7 @@ def read_multisweep(key_path: str | Path, key_timestamp: int, sweeps: Sequence[S
                     pad_empty_sweeps: bool = True, num_features: int = 5,
                     nonfinite: NonFinitePolicy = "drop") -> np.ndarray:
     """Key sweep + up to ``num_sweeps`` previous sweeps → ``(P, num_features)`` float32 points,
-    exactly as the reference's ``LoadPointsFromMultiSweeps`` (spec/model.md §1.3).
+    exactly as the reference's ``LoadPointsFromMultiSweeps`` (docs/reference.md#lidar-points).
 
     * Key sweep: file order, column 5 (the ring index in nuScenes files) set to 0.
     * Sweeps, in ``select_sweeps`` order: close points removed in the sweep's own frame, xyz

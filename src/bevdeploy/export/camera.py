@@ -1,11 +1,12 @@
 """The two dense camera graphs: ``camera.backbone.onnx`` and ``camera.vtransform.onnx``.
 
-CUDA-BEVFusion's split (spec/deploy.md §1.1–§1.3): everything per-pixel and learned before the
-lift goes into ``camera.backbone`` (image backbone, neck level 0, depth encoder ``dtransform``,
-``depthnet``, the depth softmax), and the graph stops there. The LSS outer product depth ×
-feature and the BEV pooling are a scatter-reduce over calibration-dependent cell indices, done
-by the ``bevpool`` kernel without ever materialising the N·D·h·w·C frustum; the graph only hands
-it the two factors. ``camera.vtransform`` is the downsample stack that follows the pooling.
+CUDA-BEVFusion's split (docs/reference.md#onnx-modules, #export-details, #outside-the-graphs):
+everything per-pixel and learned before the lift goes into ``camera.backbone`` (image backbone, neck
+level 0, depth encoder ``dtransform``, ``depthnet``, the depth softmax), and the graph stops there.
+The LSS outer product depth × feature and the BEV pooling are a scatter-reduce over
+calibration-dependent cell indices, done by the ``bevpool`` kernel without ever materialising the
+N·D·h·w·C frustum; the graph only hands it the two factors. ``camera.vtransform`` is the downsample
+stack that follows the pooling.
 """
 
 from __future__ import annotations

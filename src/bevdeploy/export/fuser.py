@@ -1,4 +1,4 @@
-"""The ``fuser.onnx`` graph: ConvFuser + SECOND + SECONDFPN (spec/deploy.md §1.1).
+"""The ``fuser.onnx`` graph: ConvFuser + SECOND + SECONDFPN (docs/reference.md#onnx-modules).
 
 The fuser, decoder backbone and decoder neck run back to back on the same (X, Y) grid with no
 data-dependent step between them, so one engine holds all three (as CUDA-BEVFusion's).

@@ -1,10 +1,10 @@
 """The ``head.bbox.onnx`` graph: TransFusion up to the per-query class scores.
 
 The graph holds everything up to and including the score product ``sigmoid(class logits) ×
-heatmap score × one-hot(query class)`` (spec/deploy.md §1.1, §6); the box decode, threshold and
-range filter stay in the ``decode`` kernel. The forward is the reference head's
-(``bevdeploy.model.transfusion.TransFusionHead.forward``) rewritten for a static batch-1 graph
-that TensorRT parses without plugins:
+heatmap score × one-hot(query class)`` (docs/reference.md#onnx-modules, #post-processing); the box
+decode, threshold and range filter stay in the ``decode`` kernel. The forward is the reference
+head's (``bevdeploy.model.transfusion.TransFusionHead.forward``) rewritten for a static batch-1
+graph that TensorRT parses without plugins:
 
 * the one-hot is a ``Gather`` of rows of a constant identity matrix, not ``OneHot``;
 * the proposals come from ``TopK`` (the reference's own choice too), and the class / cell split

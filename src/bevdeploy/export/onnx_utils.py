@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from bevdeploy.errors import PackageError
 from bevdeploy.package import TensorSpec
 
-DEFAULT_OPSET = 17  # the first opset with a standard LayerNormalization (spec/deploy.md §9.5)
+# The first opset with a standard LayerNormalization (docs/reference.md#numerics-guardrails).
+DEFAULT_OPSET = 17
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Export the LiDAR SparseEncoder as the SCN file ``lidar.backbone.xyz.onnx``.
 
 The graph is built from the module structure rather than traced (NVIDIA monkey-patches spconv
-to trace; spec/deploy.md §3.2), which needs no example input and cannot miss a layer. It
-follows CUDA-BEVFusion's deployment of the encoder:
+to trace; docs/reference.md#scn-onnx-format), which needs no example input and cannot miss a layer.
+It follows CUDA-BEVFusion's deployment of the encoder:
 
 * batch norm is folded into each conv (``W·γ/√(σ²+ε)``, ``(b − μ)·γ/√(σ²+ε) + β`` per output
   channel), so every conv carries a bias; the folded network is the encoder in eval mode;

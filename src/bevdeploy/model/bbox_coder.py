@@ -1,4 +1,5 @@
-"""TransFusion box coder: boxes ↔ regression targets (spec/model.md §5.3–§5.4).
+"""TransFusion box coder: boxes ↔ regression targets
+(docs/reference.md#box-decoding, #training-settings).
 
 The network regresses in the reference's legacy mmdet3d dialect, so the coder is where the
 dialect is crossed, once per direction, through ``bevdeploy.data.boxes``:

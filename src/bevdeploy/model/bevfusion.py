@@ -1,7 +1,7 @@
 """The assembled reference BEVFusion (camera + LiDAR → TransFusion boxes), checkpoint-compatible.
 
 The module tree mirrors mit-han-lab's ``BEVFusion.__init__`` (nested ``nn.ModuleDict``s), so
-``state_dict()`` keys equal the official checkpoints' keys (spec/model.md §6): ::
+``state_dict()`` keys equal the official checkpoints' keys (docs/reference.md#checkpoint-layout): ::
 
     encoders.camera.{backbone, neck, vtransform}   encoders.lidar.{voxelize, backbone}
     fuser    decoder.{backbone, neck}    heads.object
@@ -58,7 +58,7 @@ class BEVFusion(nn.Module):
     # ---- branches ----
     def extract_camera_features(self, batch: ModelBatch) -> Tensor:
         """Images → camera BEV ``(B, C, X, Y)``: backbone and neck on the B·N views, neck
-        output 0 only (spec §2), then the depth-aware view transform."""
+        output 0 only (docs/reference.md#camera-branch), then the depth-aware view transform."""
         camera = self.encoders["camera"]
         b, n, c, h, w = batch.img.shape
         levels = camera["neck"](camera["backbone"](batch.img.reshape(b * n, c, h, w)))
@@ -103,7 +103,7 @@ class BEVFusion(nn.Module):
         Runs in eval mode under ``torch.inference_mode`` and restores the previous mode, so a
         model being trained can be probed without disturbing its BatchNorm statistics.
         ``fp16_points`` rounds the points through float16 first, as the published numbers did
-        (spec §0).
+        (docs/reference.md#conventions).
         """
         batch = collate(frames, self.preset, fp16_points=fp16_points).to(self.device)
         was_training = self.training

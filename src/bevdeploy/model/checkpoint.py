@@ -1,12 +1,13 @@
 """Load and save BEVFusion checkpoints safely, from any of the layouts the weights exist in.
 
-Readable sources (spec/model.md §6):
+Readable sources (docs/reference.md#checkpoint-layout):
 
 * **mit-han-lab** checkpoints (``bevfusion-det.pth``) and CUDA-BEVFusion's ResNet50 FP
   checkpoint: an mmcv dict ``{"meta", "state_dict", "optimizer"}`` with the official names;
   sparse-conv weights in the vendored spconv-1.x layout ``(kx, ky, kz, I, O)``;
 * **mmdetection3d 1.x** ``projects/BEVFusion`` checkpoints: other top-level names
-  (``img_backbone`` …, §6.4) and mmdet's ``DetrTransformerDecoderLayer`` keys in the head;
+  (``img_backbone`` …, docs/reference.md#mmdetection3d-name-mapping) and mmdet's
+  ``DetrTransformerDecoderLayer`` keys in the head;
 * bare state dicts and files written by ``save_checkpoint`` (spconv-2.x layout).
 
 Files are read with ``torch.load(weights_only=True)`` only. mmcv/mmengine put training logs
@@ -52,8 +53,9 @@ SPCONV1_LAYOUT = "spconv1"  # (kx, ky, kz, I, O)
 FORMAT_MIT = "mit"
 FORMAT_MMDET3D = "mmdet3d-1.x"
 
-# Geometry constants that the state dict carries but the preset defines (spec §6): the deploy
-# runtime recomputes them from the preset, so a checkpoint that disagrees means a wrong preset.
+# Geometry constants that the state dict carries but the preset defines
+# (docs/reference.md#checkpoint-layout): the deploy runtime recomputes them from the preset, so a
+# checkpoint that disagrees means a wrong preset.
 _GEOMETRY_SUFFIXES = (".vtransform.frustum", ".vtransform.dx", ".vtransform.bx", ".vtransform.nx")
 
 
@@ -180,7 +182,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # --------------------------------------------------------------------------------------------
-# Name mapping (mmdetection3d 1.x → mit, spec §6.4)
+# Name mapping (mmdetection3d 1.x → mit, docs/reference.md#mmdetection3d-name-mapping)
 # --------------------------------------------------------------------------------------------
 
 _MMDET3D_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -236,7 +238,7 @@ def mmdet3d_to_mit(key: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Sparse-conv weight layouts (spec §6.2)
+# Sparse-conv weight layouts (docs/reference.md#sparse-conv-weight-layouts)
 # --------------------------------------------------------------------------------------------
 
 
@@ -437,7 +439,7 @@ def _annotate(report: LoadReport, meta: dict[str, Any], model: nn.Module,
         report.notes.append(
             "mmdetection3d 1.x weights: unless converted from a mit checkpoint, the head "
             "regresses mmdet3d>=1.0 boxes (sizes l,w,h and another yaw), which this decoder "
-            "(mit convention) does not undo (spec §6.4)")
+            "(mit convention) does not undo (docs/reference.md#mmdetection3d-name-mapping)")
     classes = _classes_in_meta(meta)
     preset = getattr(model, "preset", None)
     if classes is not None and preset is not None and classes != tuple(preset.classes):

@@ -1,4 +1,4 @@
-"""BEV decoder: SECOND backbone + SECONDFPN neck (spec/model.md §4.2–4.3).
+"""BEV decoder: SECOND backbone + SECONDFPN neck (docs/reference.md#second-and-secondfpn).
 
 Both use BatchNorm eps 1e-3 / momentum 0.01 (not the PyTorch default; the checkpoint's running
 statistics were trained with it) and convolutions without bias.

@@ -1,4 +1,5 @@
-"""ConvFuser (spec/model.md §4.1): concatenate [camera BEV, LiDAR BEV] and mix with one conv.
+"""ConvFuser (docs/reference.md#convfuser): concatenate [camera BEV, LiDAR BEV] and mix with one
+conv.
 
 The concatenation order is camera first, as the reference (its eval path runs LiDAR first and
 then reverses the list); the checkpoint's input channels are laid out that way.

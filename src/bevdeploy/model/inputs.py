@@ -1,4 +1,5 @@
-"""Test-time preprocessing: ``Frame`` objects → the reference model's batch (spec/model.md §1).
+"""Test-time preprocessing: ``Frame`` objects → the reference model's batch
+(docs/reference.md#input-pipeline).
 
 This is the PyTorch side of the input pipeline. The maths (augmentation matrices, resize and
 crop, normalization, ``lidar2image``) lives in ``bevdeploy.data.preprocess`` and is shared with
@@ -23,7 +24,8 @@ from bevdeploy.presets import Preset
 
 @dataclass
 class ModelBatch:
-    """What ``BEVFusion.forward`` consumes: the tensors of spec/model.md §1.2 for B frames.
+    """What ``BEVFusion.forward`` consumes: the tensors of docs/reference.md#calibration-matrices
+    for B frames.
 
     All matrices are float32; per-camera ones are (B, N, 4, 4), ``lidar_aug_matrix`` (B, 4, 4).
     ``points`` stays a list because every frame has its own point count.
@@ -54,8 +56,8 @@ class ModelBatch:
 def filter_points(points: np.ndarray, point_cloud_range: Sequence[float]) -> np.ndarray:
     """Keep points strictly inside ``[xmin, ymin, zmin, xmax, ymax, zmax]``.
 
-    Strict on all six bounds, as mmdet3d's ``in_range_3d`` (spec §1.3): a point exactly on a
-    face is dropped, so voxelization never sees an index equal to the grid size.
+    Strict on all six bounds, as mmdet3d's ``in_range_3d`` (docs/reference.md#lidar-points): a point
+    exactly on a face is dropped, so voxelization never sees an index equal to the grid size.
     """
     lo = np.asarray(point_cloud_range[:3], dtype=np.float32)
     hi = np.asarray(point_cloud_range[3:], dtype=np.float32)
@@ -69,8 +71,8 @@ def round_points_fp16(points: np.ndarray) -> np.ndarray:
 
     The published numbers were produced with ``@auto_fp16(apply_to=("points", ...))``, which
     casts the whole point tensor to half before voxelization and the depth projection
-    (spec §0); CUDA-BEVFusion feeds fp16 points as well. Intensity (integers ≤ 255) survives
-    exactly; xyz moves by up to half an fp16 step (1/64 m at 32–64 m).
+    (docs/reference.md#conventions); CUDA-BEVFusion feeds fp16 points as well. Intensity (integers ≤
+    255) survives exactly; xyz moves by up to half an fp16 step (1/64 m at 32–64 m).
     """
     return points.astype(np.float16).astype(np.float32)
 
@@ -92,7 +94,7 @@ def _check_frame(frame: Frame, preset: Preset) -> None:
 
 def prepare_images(images: np.ndarray, preset: Preset) -> np.ndarray:
     """(N, H_raw, W_raw, 3) uint8 → (N, 3, H, W) float32: PIL bicubic resize, bottom-centre
-    crop and mean/std normalization per camera (spec §1.1)."""
+    crop and mean/std normalization per camera (docs/reference.md#camera-input)."""
     cams = preset.cameras
     return np.stack([normalize(resize_crop(image, cams), cams) for image in images])
 

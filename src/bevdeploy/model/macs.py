@@ -65,8 +65,9 @@ def count_sparse_pairs(in_indices: Tensor, out_indices: Tensor, in_shape: Sequen
     """Number of (input site, output site, kernel offset) triples a sparse conv multiplies.
 
     Output site ``o`` reads input ``o·s − p + k·d`` for every kernel offset ``k``
-    (cross-correlation, spec §3); a pair exists when that input lies inside the grid and is
-    active. Works for submanifold convs (output sites = input sites) and strided ones alike.
+    (cross-correlation, docs/reference.md#sparse-encoder); a pair exists when that input lies inside
+    the grid and is active. Works for submanifold convs (output sites = input sites) and strided
+    ones alike.
     """
     if in_indices.shape[0] == 0 or out_indices.shape[0] == 0:
         return 0
@@ -96,7 +97,8 @@ def count_sparse_pairs(in_indices: Tensor, out_indices: Tensor, in_shape: Sequen
 
 def top_level_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The first non-``ModuleDict`` module along every path: for BEVFusion the nine modules of
-    spec §6 (``encoders.camera.backbone`` … ``heads.object``), in registration order."""
+    docs/reference.md#checkpoint-layout (``encoders.camera.backbone`` … ``heads.object``), in
+    registration order."""
     found: list[tuple[str, nn.Module]] = []
 
     def walk(prefix: str, module: nn.Module) -> None:

@@ -1,4 +1,5 @@
-"""TransFusionHead, inference path (spec/model.md §5.1–§5.2, quirks 8–10 of §10).
+"""TransFusionHead, inference path (docs/reference.md#transfusion-head, #head-forward; items
+8–10 of #reference-quirks).
 
 Names follow the reference's state-dict keys (``shared_conv``, ``heatmap_head``,
 ``class_encoding``, ``decoder.i``, ``prediction_heads.i``). The attention modules are

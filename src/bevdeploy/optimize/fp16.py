@@ -5,12 +5,12 @@ maintained copy of onnxconverter-common's): initializers and compute become floa
 graph inputs and outputs stay float32 (``keep_io_types``), so the runtime binds the module
 exactly as before and the manifest's I/O specs remain true. Casts are inserted at the borders.
 
-Ops are held in FP32 where half precision is known to break the head (spec/deploy.md §4, §9.5):
-LayerNormalization (its variance overflows FP16, NVIDIA's LayerNorm plugin exists for this),
-Softmax (attention logits), TopK (proposal selection: FP16 rounding creates ties that reorder
-proposals) and Sigmoid (scores compared against a threshold). On a CPU without native FP16
-arithmetic ONNX Runtime computes most FP16 ops by converting back to FP32, so the variant is
-usually slower there; ``bevdeploy bench`` measures it.
+Ops are held in FP32 where half precision is known to break the head
+(docs/reference.md#quantisation-recipe, #numerics-guardrails): LayerNormalization (its variance
+overflows FP16, NVIDIA's LayerNorm plugin exists for this), Softmax (attention logits), TopK
+(proposal selection: FP16 rounding creates ties that reorder proposals) and Sigmoid (scores compared
+against a threshold). On a CPU without native FP16 arithmetic ONNX Runtime computes most FP16 ops by
+converting back to FP32, so the variant is usually slower there; ``bevdeploy bench`` measures it.
 """
 
 from __future__ import annotations

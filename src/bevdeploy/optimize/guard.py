@@ -2,11 +2,11 @@
 
 A quantized or half-precision graph can overflow where the FP32 one did not (a scale calibrated
 on too few frames, an FP16 LayerNorm, a layer whose weights no longer fit), and the symptom
-downstream is boxes at NaN or no boxes at all (spec/deploy.md §8, theme 4). So every optimized
-module is run on the calibration feeds before the package is written; on a non-finite output
-the module is run again with every intermediate float tensor exposed as a graph output (on a
-copy, without graph optimizations, so each node's own result is visible) and the first node in
-topological order whose output is non-finite is named in the error.
+downstream is boxes at NaN or no boxes at all (docs/reference.md#user-reported-problems, theme 4).
+So every optimized module is run on the calibration feeds before the package is written; on a
+non-finite output the module is run again with every intermediate float tensor exposed as a graph
+output (on a copy, without graph optimizations, so each node's own result is visible) and the first
+node in topological order whose output is non-finite is named in the error.
 """
 
 from __future__ import annotations

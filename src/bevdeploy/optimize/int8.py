@@ -2,7 +2,7 @@
 
 The result is the form both ONNX Runtime and TensorRT execute: ``QuantizeLinear`` /
 ``DequantizeLinear`` pairs around every quantized layer, per-channel symmetric INT8 weights,
-per-tensor activations. The recipe is CUDA-BEVFusion's (spec/deploy.md §4):
+per-tensor activations. The recipe is CUDA-BEVFusion's (docs/reference.md#quantisation-recipe):
 
 * **What is quantized.** ``camera.backbone`` (ResNet + FPN + dtransform + depthnet) and ``fuser``
   (ConvFuser + SECOND + SECONDFPN). ``camera.vtransform`` and ``head.bbox`` are never quantized
@@ -22,20 +22,19 @@ per-tensor activations. The recipe is CUDA-BEVFusion's (spec/deploy.md §4):
   does: the inputs and output of each Concat get the union of their calibrated ranges as
   ``rmin``/``rmax``, hence one scale and zero point. The two inputs of a residual Add are *not*
   merged (NVIDIA does not either): merging them chains every stage of the residual stream into
-  one range and measurably costs accuracy (tiny camera.backbone ``camera_feature`` cosine 0.964
-  instead of 0.9988).
+  one range and measurably costs accuracy (docs/bench/notes.md#int8-without-vnni).
 * **Types: QUInt8 activations, QInt8 weights, reduce_range.** ONNX Runtime's CPU kernels are
-  built for U8S8; on x86 without VNNI (this AVX2 machine) the U8S8 dot product (VPMADDUBSW)
-  saturates its 16-bit pair sums with full-range weights. Measured on the tiny camera.backbone:
-  ``camera_feature`` cosine 0.926 with 8-bit weights, 0.9987 with ``reduce_range`` (7-bit
-  weights), at the same speed; S8S8 saturates the same way. On a VNNI CPU or for TensorRT pass
-  ``reduce_range=False``.
+  built for U8S8; on x86 without VNNI the U8S8 dot product (VPMADDUBSW) saturates its 16-bit
+  pair sums with full-range weights, which ``reduce_range`` (7-bit weights) avoids at the same
+  speed (docs/bench/notes.md#int8-without-vnni); S8S8 saturates the same way. On a VNNI CPU or
+  for TensorRT pass ``reduce_range=False``.
 
-Calibrators (ONNX Runtime's) against the spec's names: ``minmax`` = max calibration (NVIDIA's
-for weights), ``entropy`` = the histogram calibrator's KL-divergence method (TensorRT's entropy
-calibration), ``percentile`` = the histogram calibrator's percentile method, ``distribution`` =
-ONNX Runtime's distribution fit (meant for float8; offered, not recommended). The spec's
-``mse`` amax search has no ONNX Runtime counterpart.
+Calibrators (ONNX Runtime's) against the names of NVIDIA's recipe
+(docs/reference.md#quantisation-recipe): ``minmax`` = max calibration (NVIDIA's for weights),
+``entropy`` = the histogram calibrator's KL-divergence method (TensorRT's entropy calibration),
+``percentile`` = the histogram calibrator's percentile method, ``distribution`` = ONNX Runtime's
+distribution fit (meant for float8; offered, not recommended). NVIDIA's ``mse`` amax search has
+no ONNX Runtime counterpart.
 """
 
 from __future__ import annotations

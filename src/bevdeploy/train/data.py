@@ -10,10 +10,10 @@ the preset's classes (``ObjectNameFilter``), with at least one LiDAR point (mmde
 cloud range (``ObjectRangeFilter``, applied again after augmentation).
 
 Augmentation is the LiDAR half of the reference's (``GlobalRotScaleTrans`` + ``RandomFlip3D``,
-spec/model.md §9): points and boxes are rotated about z, scaled and flipped, and the combined
-4×4 goes to the model as ``lidar_aug_matrix``, through which the camera branch maps its frustum
-into the augmented frame and un-augments the points for its depth map. Images are left as they
-are (no ``ImageAug3D``).
+docs/reference.md#training-settings): points and boxes are rotated about z, scaled and flipped, and
+the combined 4×4 goes to the model as ``lidar_aug_matrix``, through which the camera branch maps its
+frustum into the augmented frame and un-augments the points for its depth map. Images are left as
+they are (no ``ImageAug3D``).
 """
 
 from __future__ import annotations

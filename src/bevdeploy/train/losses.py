@@ -1,4 +1,5 @@
-"""The TransFusion training losses (spec/model.md §5.4), with the reference's weights.
+"""The TransFusion training losses (docs/reference.md#training-settings), with the reference's
+weights.
 
 * ``loss_heatmap``: Gaussian focal loss (CenterNet; α 2, γ 4) of ``clip_sigmoid(dense_heatmap)``
   against the Gaussian targets, summed and divided by the number of peak cells (target == 1);

@@ -10,9 +10,7 @@ Two defects of spconv on the CPU stand between the reference model and CPU train
 2. Its CPU ``scatter_add`` races between OpenMP threads (see
    ``bevdeploy.model.lidar.sparse_encoder.cpu_single_thread``), and the backward uses it too.
    The model only pins the forward to one thread, so training runs with one intra-op thread.
-   On the 2-core development machine this is also the faster choice: a tiny-preset step
-   (forward + backward, batch 2) took 2.6–3.7 s with one thread and 9–17 s with two, the cores
-   being shared with other work.
+   On a small CPU this is also the faster choice (docs/bench/notes.md#cpu-training-threads).
 """
 
 from __future__ import annotations

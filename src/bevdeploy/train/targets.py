@@ -1,11 +1,11 @@
-"""Training targets of the TransFusion head (spec/model.md §5.4).
+"""Training targets of the TransFusion head (docs/reference.md#training-settings).
 
 Two kinds of target, as the reference's ``TransFusionHead.get_targets``:
 
 * a **dense heatmap** per class, one Gaussian per ground-truth box drawn in the head's
-  ``(class, X, Y)`` layout (dimension 1 indexes x, spec §0): the radius is CenterNet's
-  ``gaussian_radius`` of the box footprint in BEV cells at ``gaussian_overlap`` 0.1, truncated
-  to an integer and raised to ``min_radius`` 2, the peak cell is the truncated centre;
+  ``(class, X, Y)`` layout (dimension 1 indexes x, docs/reference.md#conventions): the radius is
+  CenterNet's ``gaussian_radius`` of the box footprint in BEV cells at ``gaussian_overlap`` 0.1,
+  truncated to an integer and raised to ``min_radius`` 2, the peak cell is the truncated centre;
 * **per-proposal targets** from a one-to-one Hungarian matching of the proposals to the
   ground truth (``HungarianAssigner3D``): cost = 0.15 · focal classification cost + 0.25 · L1
   distance of the BEV centres normalised by the point-cloud range − 0.25 · 3D IoU. Matched

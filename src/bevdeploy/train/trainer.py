@@ -1,10 +1,10 @@
 """Train a BEVFusion preset from scratch on a nuScenes-format dataset (CPU).
 
-The recipe is the reference's (spec/model.md §9) scaled to a small model on two CPU cores:
-AdamW with weight decay 0.01, linear warm-up from 1/3 of the rate then cosine annealing to
-``min_lr_ratio``, gradient clipping at L2 norm 35, the TransFusion losses and targets of
-``bevdeploy.train.losses`` / ``targets``. Deviations, each needed to learn from scratch in
-minutes rather than from pretrained weights in GPU-days, are recorded in the checkpoint meta:
+The recipe is the reference's (docs/reference.md#training-settings) scaled to a small model on two
+CPU cores: AdamW with weight decay 0.01, linear warm-up from 1/3 of the rate then cosine annealing
+to ``min_lr_ratio``, gradient clipping at L2 norm 35, the TransFusion losses and targets of
+``bevdeploy.train.losses`` / ``targets``. Deviations, each needed to learn from scratch in minutes
+rather than from pretrained weights in GPU-days, are recorded in the checkpoint meta:
 
 * the camera ResNet's BatchNorm statistics are trained (``norm_eval = False``; mmdet freezes
   them because the reference starts from ImageNet statistics, which a scratch model lacks);

@@ -1,4 +1,5 @@
-"""A procedural, seeded world written as a nuScenes ``v1.0-mini`` dataset (DESIGN.md §6).
+"""A procedural, seeded world written as a nuScenes ``v1.0-mini`` dataset
+(docs/architecture.md#synthetic-world).
 
 ``write_world`` is what ``bevdeploy synth`` calls. The rig (``CAMERAS``, ``LIDAR``) and
 ``background_color`` / ``background_image`` are public so that other modules' tests can reason

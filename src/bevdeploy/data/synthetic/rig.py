@@ -1,12 +1,12 @@
 """The synthetic vehicle's sensor rig: nuScenes' six cameras and its top LiDAR.
 
-The numbers imitate the nuScenes data-collection car (spec/model.md §0–§1): cameras in the
-nuScenes order with 1600×900 images, focal lengths of about 1266 px (809 px for the wide rear
-camera) and level optical axes at yaws 0°, −55°, +55°, 180°, +110°, −110° in the ego frame
-(x forward, y left, z up, origin on the ground under the rear axle); a 32-beam HDL-32E on the
-roof at 1.84 m whose frame is rotated −90° about z, so that LiDAR x points to the vehicle's
-right and y forward, as in real nuScenes files. Everything downstream (renderer, ray-caster,
-calibration tables, other modules' tests) reads the rig from here.
+The numbers imitate the nuScenes data-collection car
+(docs/reference.md#conventions, #input-pipeline): cameras in the nuScenes order with 1600×900
+images, focal lengths of about 1266 px (809 px for the wide rear camera) and level optical axes at yaws 0°, −55°, +55°, 180°,
++110°, −110° in the ego frame (x forward, y left, z up, origin on the ground under the rear axle);
+a 32-beam HDL-32E on the roof at 1.84 m whose frame is rotated −90° about z, so that LiDAR x
+points to the vehicle's right and y forward, as in real nuScenes files. Everything downstream
+(renderer, ray-caster, calibration tables, other modules' tests) reads the rig from here.
 """
 
 from __future__ import annotations

@@ -1,22 +1,23 @@
-"""DepthLSSTransform: camera features + LiDAR depth → camera BEV (spec/model.md §2.4).
+"""DepthLSSTransform: camera features + LiDAR depth → camera BEV
+(docs/reference.md#depthlsstransform).
 
 This is the one-channel-depth version of mit-han-lab/bevfusion at commit ``db75150``, the one
 the released checkpoints and CUDA-BEVFusion use. The forward is split into the steps the deploy
 path runs separately, so each can be checked on its own against its kernel:
 
 1. :meth:`~DepthLSSTransform.depth_map` — project every LiDAR point into every camera (sparse
-   depth image, §2.4a);
+   depth image, docs/reference.md#sparse-depth-image);
 2. :meth:`~DepthLSSTransform.depth_and_features` — ``dtransform`` + ``depthnet``: softmaxed
-   depth weights and context features (§2.4b–d);
+   depth weights and context features (#depth-encoder-and-depthnet, #lift);
 3. :meth:`~DepthLSSTransform.get_geometry` — the LiDAR-frame position of every frustum point
-   (§2.4e–f), which depends on the calibration only;
+   (#frustum, #camera-geometry), which depends on the calibration only;
 4. :meth:`~DepthLSSTransform.bev_pool` — lift (depth weight × feature) and sum into BEV cells
-   (§2.4g);
-5. ``downsample`` — three 3×3 convs, the middle one strided (§2.4h).
+   (#bev-pooling);
+5. ``downsample`` — three 3×3 convs, the middle one strided (#bev-downsample).
 
-The reference quirks are kept on purpose (spec §10): the frustum uses ``linspace(0, W−1, fW)``
-and lower-edge depths, the stored depth is the *clamped* camera z, BEV indices truncate toward
-zero, and pooling is a sum.
+The reference quirks are kept on purpose (docs/reference.md#reference-quirks): the frustum uses
+``linspace(0, W−1, fW)`` and lower-edge depths, the stored depth is the *clamped* camera z, BEV
+indices truncate toward zero, and pooling is a sum.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GeneralizedLSSFPN: the camera neck (spec/model.md §2.3).
+"""GeneralizedLSSFPN: the camera neck (docs/reference.md#generalizedlssfpn-neck).
 
 A top-down FPN that *concatenates* instead of adding: for each level from the second-coarsest
 down to the finest, the coarser result is bilinearly upsampled (``align_corners=False``) to the

@@ -1,4 +1,5 @@
-"""ResNet camera backbone with mmdet / torchvision parameter names (spec/model.md §2.1).
+"""ResNet camera backbone with mmdet / torchvision parameter names
+(docs/reference.md#resnet-50-backbone).
 
 CUDA-BEVFusion's ResNet50 model is mmdet's ``ResNet`` with its defaults: ``pytorch`` style (the
 stride of a bottleneck sits on the 3×3 ``conv2``), a 1×1 conv + BN shortcut on the first block

@@ -1,4 +1,4 @@
-"""Swin Transformer camera backbone, mmdet's variant (spec/model.md §2.2).
+"""Swin Transformer camera backbone, mmdet's variant (docs/reference.md#swin-t-backbone).
 
 The official BEVFusion checkpoint was trained with mmdet's ``SwinTransformer``, which differs
 from the original Swin in ways the weights depend on, so they are reproduced exactly:

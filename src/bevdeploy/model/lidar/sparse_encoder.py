@@ -1,4 +1,4 @@
-"""SparseEncoder: the LiDAR backbone on ``spconv.pytorch`` 2.x (spec/model.md §3).
+"""SparseEncoder: the LiDAR backbone on ``spconv.pytorch`` 2.x (docs/reference.md#sparse-encoder).
 
 Module names equal the reference's state-dict keys (``conv_input.{0,1}``,
 ``encoder_layers.encoder_layer{i}.{j}``, ``conv_out.{0,1}``) so official checkpoints load once

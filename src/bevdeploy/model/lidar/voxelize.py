@@ -1,4 +1,4 @@
-"""Hard voxelization in plain PyTorch (spec/model.md §1.4).
+"""Hard voxelization in plain PyTorch (docs/reference.md#voxelization).
 
 The reference uses mmdet3d's CUDA ``Voxelization`` in *deterministic* mode: voxels are numbered
 in the order of their first point, each keeps its first ``max_points`` points in point order,
