@@ -316,7 +316,7 @@ def test_the_gpu_schedules_own_stages_are_compared(exported, frames, tmp_path, b
     fuser and the boxes only — the tapped tensors are the ones the schedule computed."""
     pytest.importorskip("triton", reason="the device kernels are Triton's (the gpu extra)")
     from bevdeploy.runtime.backends import GpuOptions
-    from bevdeploy.runtime.cuda_schedule import CudaSchedule
+    from bevdeploy.runtime.schedules import CudaSchedule
 
     _, checkpoint, package = exported
     if broken:

@@ -26,7 +26,8 @@ from numba.core.registry import CPUDispatcher
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.errors import ConfigError, DatasetError, InputError
 from bevdeploy.runtime import kernels
-from bevdeploy.runtime.pipeline import SCHEDULES, STREAM_DEPTH, Pipeline
+from bevdeploy.runtime.pipeline import Pipeline
+from bevdeploy.runtime.schedules import SCHEDULES, STREAM_DEPTH
 from bevdeploy.runtime.stages import DecodeStage, VoxelizeStage
 
 FRAMES = 5  # the 3 samples of mini_val, cycled: consecutive frames always differ

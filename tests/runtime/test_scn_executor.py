@@ -33,7 +33,7 @@ from bevdeploy.presets import get_preset
 from bevdeploy.runtime.kernels.cpu.sparse_conv import (
     DuplicateSiteError, site_order, sparse_conv, strided_rulebook, subm_rulebook,
 )
-from bevdeploy.runtime.scn_executor import ScnExecutor
+from bevdeploy.runtime.scn import ScnExecutor
 from bevdeploy.scn_format import (
     COORDS_INPUT, FEATURES_INPUT, OUTPUT, VOXELS_DIM, Add, Relu, Reshape, ScatterDense, ScnGraph,
     SparseConv, read_scn, scn_from_model, scn_to_model,
@@ -414,7 +414,7 @@ def test_executor_runs_without_torch(tiny_encoder, tmp_path):
     code = f"""
         import sys
         import numpy as np
-        from bevdeploy.runtime.scn_executor import ScnExecutor
+        from bevdeploy.runtime.scn import ScnExecutor
         from bevdeploy.scn_format import read_scn
         coords = np.array([[10, 20, 5], [11, 20, 5], [300, 40, 30]], dtype=np.int32)
         out = ScnExecutor(read_scn({str(path)!r})).run(np.ones((3, 5), np.float32), coords)

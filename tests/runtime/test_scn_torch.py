@@ -25,10 +25,10 @@ from bevdeploy.export.scn import export_scn
 from bevdeploy.package import TensorSpec
 from bevdeploy.presets import get_preset
 from bevdeploy.runtime.kernels.cpu.sparse_conv import strided_rulebook, subm_rulebook
-from bevdeploy.runtime.scn_executor import ScnExecutor
-from bevdeploy.runtime.scn_torch import TorchScnExecutor, sorted_sites
-from bevdeploy.runtime.scn_torch import strided_rulebook as torch_strided_rulebook
-from bevdeploy.runtime.scn_torch import subm_rulebook as torch_subm_rulebook
+from bevdeploy.runtime.scn import ScnExecutor
+from bevdeploy.runtime.scn.torch_executor import TorchScnExecutor, sorted_sites
+from bevdeploy.runtime.scn.torch_executor import strided_rulebook as torch_strided_rulebook
+from bevdeploy.runtime.scn.torch_executor import subm_rulebook as torch_subm_rulebook
 from bevdeploy.scn_format import (
     COORDS_INPUT, FEATURES_INPUT, OUTPUT, VOXELS_DIM, Add, Relu, Reshape, ScatterDense, ScnGraph,
     SparseConv, read_scn, scn_from_model, scn_to_model,

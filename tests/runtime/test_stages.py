@@ -20,7 +20,7 @@ from bevdeploy.data.frame import Calibration
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.data.preprocess import img_aug_matrices, lidar2image
 from bevdeploy.errors import ConfigError, InputError, PackageError
-from bevdeploy.export.writer import RANDOM_INIT_SEED, export_package
+from bevdeploy.export.writer import export_package
 from bevdeploy.model.bbox_coder import TransFusionBBoxCoder
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.inputs import filter_points, intrinsics_4x4, prepare_images
@@ -34,6 +34,7 @@ from bevdeploy.runtime.stages import (
     GeometryParams, GeometryStage, NormalizeParams, NormalizeStage, ScnParams, ScnStage,
     VoxelizeParams, VoxelizeStage,
 )
+from bevdeploy.vocabulary import RANDOM_INIT_SEED
 
 torch.set_num_threads(2)
 

@@ -144,8 +144,8 @@ def _scn_cases(preset: Preset, feats: torch.Tensor, coords: torch.Tensor, seed: 
     (rulebook pairs × C_in × C_out) at the float32 GEMM rate, or the dense BEV it writes."""
     from bevdeploy.export.scn import encoder_to_scn
     from bevdeploy.bench.scn import benchmark_encoder
-    from bevdeploy.runtime.scn_executor import ScnExecutor
-    from bevdeploy.runtime.scn_torch import TorchScnExecutor
+    from bevdeploy.runtime.scn import ScnExecutor
+    from bevdeploy.runtime.scn.torch_executor import TorchScnExecutor
 
     graph = encoder_to_scn(benchmark_encoder(preset, seed), preset)
     macs = sum(ScnExecutor(graph).conv_macs(coords.cpu().numpy()).values())

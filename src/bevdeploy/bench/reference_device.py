@@ -19,7 +19,7 @@ from bevdeploy.export.scn import encoder_to_scn
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.presets import Preset
 from bevdeploy.runtime.backends.gpu import ieee_fp32
-from bevdeploy.runtime.scn_torch import TorchScnExecutor
+from bevdeploy.runtime.scn.torch_executor import TorchScnExecutor
 
 
 class TorchScnEncoder(nn.Module):

@@ -32,7 +32,7 @@ import numpy as np
 
 from bevdeploy.presets import Preset, get_preset
 from bevdeploy.bench.kernels import measure_rates
-from bevdeploy.runtime.scn_executor import ScnExecutor
+from bevdeploy.runtime.scn import ScnExecutor
 
 DENSITIES = (1.0, 2.0, 3.0, 4.0)  # LiDAR azimuth densities tried, up to the world's maximum
 WARMUP = 2

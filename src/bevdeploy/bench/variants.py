@@ -69,7 +69,7 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
     from bevdeploy.package import load_package
     from bevdeploy.runtime.backends import BACKENDS
     from bevdeploy.runtime.backends.gpu import GPU_BACKENDS
-    from bevdeploy.runtime.pipeline import SCHEDULES
+    from bevdeploy.runtime.schedules import SCHEDULES
 
     if not packages:
         raise ConfigError("give at least one --package", field="--package")

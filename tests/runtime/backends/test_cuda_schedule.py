@@ -18,7 +18,7 @@ from bevdeploy.errors import ConfigError
 from bevdeploy.eval.compare import Tolerances, box_failures, match_boxes
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends import GpuOptions
-from bevdeploy.runtime.cuda_schedule import CudaSchedule
+from bevdeploy.runtime.schedules import CudaSchedule
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is usable here")

@@ -168,7 +168,8 @@ def test_fp32_on_cuda_turns_tf32_off_for_the_process():
 
 
 def test_the_default_schedule_is_the_cuda_one_for_a_gpu_backend_on_cuda(trained_tiny_package):
-    from bevdeploy.runtime.pipeline import default_schedule, sequential
+    from bevdeploy.runtime.pipeline import default_schedule
+    from bevdeploy.runtime.schedules import sequential
 
     assert Pipeline(trained_tiny_package).schedule is sequential
     on_cpu = Pipeline(trained_tiny_package, backend="torch-cuda",
@@ -176,7 +177,7 @@ def test_the_default_schedule_is_the_cuda_one_for_a_gpu_backend_on_cuda(trained_
     assert on_cpu.schedule is sequential  # torch-cuda on the CPU: conversion checks
     assert default_schedule("onnxruntime", GpuOptions()) == "sequential"
     if torch.cuda.is_available():
-        from bevdeploy.runtime.cuda_schedule import CudaSchedule
+        from bevdeploy.runtime.schedules import CudaSchedule
 
         schedule = default_schedule("torch-cuda", GpuOptions(precision="fp16"))
         assert isinstance(schedule, CudaSchedule) and schedule.streams

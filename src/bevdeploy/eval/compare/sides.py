@@ -22,7 +22,7 @@ from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.inputs import collate
 from bevdeploy.runtime import Pipeline
-from bevdeploy.runtime.cuda_schedule import CudaSchedule
+from bevdeploy.runtime.schedules import CudaSchedule
 from bevdeploy.vocabulary import HEAD_OUTPUT_SOURCES, HEAD_OUTPUTS
 
 # The reference head's key for each head.bbox output.

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from bevdeploy.errors import ConfigError
 from bevdeploy.package import ModuleEntry
-from bevdeploy.runtime.backends.base import Runner, RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.base import DeviceRunner, Runner, RunnerOptions, check_feeds
 from bevdeploy.runtime.backends.gpu import GpuOptions, import_torch
 
 BACKENDS: tuple[str, ...] = ("onnxruntime", "torch-cuda", "tensorrt")
 
-__all__ = ["BACKENDS", "GpuOptions", "Runner", "RunnerOptions", "check_feeds", "create_runner"]
+__all__ = ["BACKENDS", "DeviceRunner", "GpuOptions", "Runner", "RunnerOptions", "check_feeds",
+           "create_runner"]
 
 
 def create_runner(backend: str, path: Path, entry: ModuleEntry, options: RunnerOptions) -> Runner:

@@ -8,6 +8,9 @@ beside it behind the same protocol, so the pipeline never knows which one it dri
 Inputs are checked against the *manifest's* specs before the backend sees them: a wrong shape
 is then an ``InputError`` naming the module and the input, instead of a backend-specific
 message about an anonymous node deep inside the graph.
+
+A GPU backend's runner is also a ``DeviceRunner``: its ``run_device`` takes and returns tensors
+on its device, so that a device schedule chains the modules without host round-trips.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -70,6 +73,18 @@ class Runner(Protocol):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute the module; ``feeds`` must match ``inputs`` exactly (``check_feeds``)."""
+        ...
+
+
+@runtime_checkable
+class DeviceRunner(Runner, Protocol):
+    """A ``Runner`` whose module lives on a torch device (``torch-cuda``, ``tensorrt``)."""
+
+    def run_device(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Device tensors in (any float dtype: cast to the module's), device tensors out,
+        nothing synchronised; shapes are not re-checked (the caller is a schedule that made
+        them from the same manifest). Outputs may be static buffers (CUDA graphs), valid until
+        the runner's next call."""
         ...
 
 

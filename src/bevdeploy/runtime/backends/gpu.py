@@ -1,6 +1,9 @@
-"""What the GPU backends (``torch-cuda``, ``tensorrt``) share: their options, the checks that
-turn a missing torch or CUDA into a ``ConfigError`` with the reason, CUDA-graph capture, and
-``GpuConfig``, the one-string form of the switches the CLI takes (``--gpu-config fp16+cl+graph``).
+"""What the GPU backends (``torch-cuda``, ``tensorrt``) share: their options, CUDA-graph
+capture, and ``GpuConfig``, the one-string form of the switches the CLI takes
+(``--gpu-config fp16+cl+graph``). The torch device checks they use (``cuda_unusable_reason``,
+``ieee_fp32``, ``import_torch``: a missing torch or CUDA as a ``ConfigError`` with the reason)
+live in ``runtime.devices``, which the CUDA schedule shares without importing the backends,
+and are exported here too, where the GPU backends' users find them.
 
 This module is torch-free at import (the runtime side must not load PyTorch just because a GPU
 backend exists); torch is imported by the functions that need it.
@@ -10,19 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from bevdeploy.errors import ConfigError
 from bevdeploy.package import TensorSpec
 from bevdeploy.runtime.backends.base import RunnerOptions
+from bevdeploy.runtime.devices import (PRECISIONS, Precision, cuda_unusable_reason, float_dtype,
+                                       ieee_fp32, import_torch, torch_device)
 
 if TYPE_CHECKING:
     import torch
 
-    from bevdeploy.runtime.cuda_schedule import CudaSchedule
+    from bevdeploy.runtime.schedules.cuda import CudaSchedule
 
-Precision = Literal["fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+__all__ = ["GPU_BACKENDS", "GPU_LADDER", "GPU_TOKENS", "PRECISIONS", "SWITCHES", "TENSORRT_LADDER",
+           "CapturedGraph", "GpuConfig", "GpuOptions", "Precision", "cuda_unusable_reason",
+           "float_dtype", "gpu_identity", "ieee_fp32", "import_torch", "numpy_dtype",
+           "resolve_device", "static_buffers"]
+
 GRAPH_WARMUP_RUNS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS pick kernels)
 GPU_BACKENDS: tuple[str, ...] = ("torch-cuda", "tensorrt")
 
@@ -150,74 +158,24 @@ class GpuConfig:
                 raise ConfigError("CUDA streams need a CUDA device; got device 'cpu'",
                                   field="streams")
             return "sequential"
-        from bevdeploy.runtime.cuda_schedule import CudaSchedule
+        from bevdeploy.runtime.schedules.cuda import CudaSchedule
 
         return CudaSchedule(streams=self.streams, device=device, host_kernels=self.host_kernels,
                             precision=self.precision)
 
 
-def import_torch(backend: str) -> Any:
-    """``torch``, or a ``ConfigError`` saying how to get it."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise ConfigError(f"the {backend} backend needs PyTorch ({exc}); install "
-                          "'bevdeploy[export]' or a CUDA build of torch", field="backend") from None
-    return torch
 
 
-def cuda_unusable_reason() -> str | None:
-    """None when torch sees a CUDA device, else why not (shared with ``bevdeploy doctor``)."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if torch.cuda.is_available():
-        return None
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build"
-    return f"torch is built for CUDA {torch.version.cuda} but no device/driver is visible"
+
+
+
+
 
 
 def resolve_device(options: GpuOptions, backend: str, *, allow_cpu: bool) -> "torch.device":
     """The ``torch.device`` of ``options.device``, refused with the reason when unusable."""
-    torch = import_torch(backend)
-    try:
-        device = torch.device(options.device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"{options.device!r} is not a torch device ({exc})",
-                          field="device") from None
-    if device.type == "cpu" and allow_cpu:
-        if options.cuda_graph:
-            raise ConfigError("CUDA graphs need a CUDA device; got device 'cpu'",
-                              field="cuda_graph")
-        return device
-    if device.type != "cuda":
-        raise ConfigError(f"the {backend} backend runs on CUDA devices, not {options.device!r}",
-                          field="device")
-    reason = cuda_unusable_reason()
-    if reason is not None:
-        raise ConfigError(f"the {backend} backend needs CUDA: {reason}", field="device")
-    index = device.index or 0
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"no CUDA device {index}; this machine has "
-                          f"{torch.cuda.device_count()}", field="device")
-    return torch.device("cuda", index)
-
-
-def ieee_fp32(device: "torch.device") -> None:
-    """Make float32 convolutions and matrix products on CUDA true float32, process-wide.
-
-    cuDNN runs float32 convolutions in TF32 by default on Ampere and later GPUs (a 10-bit
-    mantissa, ~1e-3 relative per product), which ``compare``'s FP32 limits (1e-3 of the scale
-    after the deepest chain) cannot hold; torch has no per-module switch. Called for an
-    ``fp32`` module, SCN or reference on a CUDA device; other precisions are unaffected.
-    """
-    import torch
-
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    return torch_device(options.device, backend, allow_cpu=allow_cpu,
+                        cuda_graph=options.cuda_graph)
 
 
 def gpu_identity(device: "torch.device") -> tuple[str, str]:
@@ -228,14 +186,6 @@ def gpu_identity(device: "torch.device") -> tuple[str, str]:
     return torch.cuda.get_device_name(device), f"{major}.{minor}"
 
 
-def float_dtype(precision: str) -> "torch.dtype":
-    import torch
-
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise ConfigError(f"unknown precision {precision!r}; known: {list(PRECISIONS)}",
-                          field="precision")
-    return dtypes[precision]
 
 
 def numpy_dtype(torch_dtype: "torch.dtype") -> str:

@@ -29,9 +29,10 @@ from google.protobuf.message import DecodeError
 from bevdeploy.errors import PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
 from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
-from bevdeploy.runtime.backends.gpu import (CapturedGraph, GpuOptions, float_dtype, ieee_fp32,
-                                            resolve_device, static_buffers)
+from bevdeploy.runtime.backends.gpu import (CapturedGraph, GpuOptions, resolve_device,
+                                            static_buffers)
 from bevdeploy.runtime.backends.onnx_torch import convert
+from bevdeploy.runtime.devices import float_dtype, ieee_fp32
 
 BACKEND = "torch-cuda"
 

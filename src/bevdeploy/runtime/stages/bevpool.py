@@ -9,13 +9,11 @@ is never built (spec/deploy.md §2.2). The output ``(1, C·nz, nx, ny)`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from bevdeploy.errors import InputError
 from bevdeploy.package import DeployPackage, runtime_parameters
-from bevdeploy.runtime import kernels
-from bevdeploy.runtime.kernels import BevPoolPlan
+from bevdeploy.runtime.kernels import kernels_for
 
 
 @dataclass(frozen=True)
@@ -37,15 +35,20 @@ class BevPoolParams:
 
 
 class BevPoolStage:
-    """``run(depth_weights (N, D, h, w), feats (N, h, w, C) NHWC, plan) → (1, C·nz, nx, ny)``."""
+    """``run(depth_weights (N, D, h, w), feats (N, h, w, C) NHWC, plan) → (1, C·nz, nx, ny)``:
+    numpy arrays and a ``BevPoolPlan`` on the host (``device=None``), tensors and the
+    geometry stage's device plan on a torch device."""
 
     name = "bevpool"
 
-    def __init__(self, params: BevPoolParams) -> None:
+    def __init__(self, params: BevPoolParams, *, device: str | None = None) -> None:
         self.params = params
+        self.device = device
+        self._kernels = kernels_for(device)
 
-    def run(self, depth_weights: np.ndarray, feats: np.ndarray, plan: BevPoolPlan) -> np.ndarray:
-        """Pool one frame. The shapes are checked because stages are also driven one by one
+    def run(self, depth_weights: Any, feats: Any, plan: Any, *, out: Any = None) -> Any:
+        """Pool one frame, into ``out`` when given (a buffer the caller reuses across frames).
+        The shapes are checked, on both devices, because stages are also driven one by one
         (parity tools feed them the reference's tensors), not only by the pipeline."""
         p = self.params
         h, w = p.feature_size
@@ -58,4 +61,4 @@ class BevPoolStage:
         if tuple(plan.bev_size) != p.bev_pool_size:
             raise InputError(f"the plan is for a {tuple(plan.bev_size)} grid, the package pools "
                              f"into {p.bev_pool_size}", field="bevpool.plan")
-        return kernels.bev_pool(depth_weights, feats, plan)
+        return self._kernels.bev_pool(depth_weights, feats, plan, out=out)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bevdeploy.data.frame import Detections
 from bevdeploy.package import DeployPackage, runtime_parameters
-from bevdeploy.runtime import kernels
+from bevdeploy.runtime.kernels import kernels_for
 from bevdeploy.vocabulary import HEAD_OUTPUTS
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,17 +43,28 @@ class DecodeParams:
 
 
 class DecodeStage:
-    """``run(head outputs {score (1,K,P), rot, dim, reg, height, vel}) → Detections``."""
+    """``run(head outputs {score (1,K,P), rot, dim, reg, height, vel}) → Detections``.
+
+    The outputs are numpy arrays on the host (``device=None``) or tensors on a torch device, of
+    any float dtype there (the CUDA kernel decodes in float32); the detections always come back
+    to the host (the frame's last sync on a device).
+    """
 
     name = "decode"
 
-    def __init__(self, params: DecodeParams) -> None:
+    def __init__(self, params: DecodeParams, *, device: str | None = None) -> None:
         self.params = params
+        self.device = device
+        self._kernels = kernels_for(device)
 
-    def run(self, outputs: Mapping[str, np.ndarray]) -> Detections:
+    def run(self, outputs: Mapping[str, Any]) -> Detections:
         p = self.params
-        score, rot, dim, reg, height, vel = (outputs[k][0] for k in HEAD_OUTPUTS)
-        boxes, scores, labels = kernels.decode(score, rot, dim, reg, height, vel,
-                                               p.out_size_factor, p.voxel_size, p.pc_range_min,
-                                               p.post_center_range, p.score_threshold)
+        heads = [outputs[k][0] for k in HEAD_OUTPUTS]
+        if self.device is not None:
+            heads = [head.float() for head in heads]
+        boxes, scores, labels = self._kernels.decode(*heads, p.out_size_factor, p.voxel_size,
+                                                     p.pc_range_min, p.post_center_range,
+                                                     p.score_threshold)
+        if self.device is not None:
+            boxes, scores, labels = (t.cpu().numpy() for t in (boxes, scores, labels))
         return Detections(boxes, scores, labels, p.class_names)

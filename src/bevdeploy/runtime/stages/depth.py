@@ -12,11 +12,12 @@ package's (one matrix per camera, never camera 0's for all).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bevdeploy.package import DeployPackage, runtime_parameters
-from bevdeploy.runtime import kernels
+from bevdeploy.runtime.kernels import kernels_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,14 +35,18 @@ class DepthParams:
 
 
 class DepthStage:
-    """``run(points (P, F), lidar2image (N, 4, 4)) → (1, N, 1, H, W) float32`` metres."""
+    """``run(points (P, F), lidar2image (N, 4, 4)) → (1, N, 1, H, W) float32`` metres. The
+    points are a numpy array on the host (``device=None``) or a tensor on ``device``; the
+    calibration is a host array either way (the CUDA kernel uploads it)."""
 
     name = "depth"
 
-    def __init__(self, params: DepthParams) -> None:
+    def __init__(self, params: DepthParams, *, device: str | None = None) -> None:
         self.params = params
+        self.device = device
+        self._kernels = kernels_for(device)
 
-    def run(self, points: np.ndarray, lidar2image: np.ndarray) -> np.ndarray:
-        depth = kernels.depth_map(points, lidar2image.astype(np.float32), self.params.img_aug,
-                                  self.params.image_size)
+    def run(self, points: Any, lidar2image: np.ndarray) -> Any:
+        depth = self._kernels.depth_map(points, lidar2image.astype(np.float32),
+                                        self.params.img_aug, self.params.image_size)
         return depth[None]

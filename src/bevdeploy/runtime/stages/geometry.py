@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bevdeploy.data.frame import Calibration
 from bevdeploy.package import DeployPackage, runtime_parameters
-from bevdeploy.runtime import kernels
-from bevdeploy.runtime.kernels import BevPoolPlan
+from bevdeploy.runtime.kernels import kernels_for
 
 Bound = tuple[float, float, float]
 
@@ -59,7 +59,9 @@ def calibration_key(*matrices: np.ndarray) -> bytes:
 
 
 class GeometryStage:
-    """``run(calib, lidar_aug=None) → BevPoolPlan``, cached for the latest calibration.
+    """``run(calib, lidar_aug=None) → plan``, cached for the latest calibration: a
+    ``BevPoolPlan`` on the host (``device=None``), a ``DeviceBevPoolPlan`` built and kept on a
+    torch device (the CUDA kernel; the calibration is read on the host either way).
 
     ``computations`` counts how many plans were actually computed (tests and benchmarks use it
     to tell a cache hit from a recomputation).
@@ -67,13 +69,17 @@ class GeometryStage:
 
     name = "geometry"
 
-    def __init__(self, params: GeometryParams) -> None:
+    def __init__(self, params: GeometryParams, *, device: str | None = None) -> None:
         self.params = params
+        self.device = device
         self.computations = 0
+        self._kernels = kernels_for(device)
+        # the CUDA kernel builds the plan where it is told to
+        self._where: dict[str, str] = {} if device is None else {"device": device}
         self._key: bytes | None = None
-        self._plan: BevPoolPlan | None = None
+        self._plan: Any = None
 
-    def run(self, calib: Calibration, lidar_aug: np.ndarray | None = None) -> BevPoolPlan:
+    def run(self, calib: Calibration, lidar_aug: np.ndarray | None = None) -> Any:
         """The plan for ``calib``; ``lidar_aug`` is the LiDAR augmentation (identity at test)."""
         p = self.params
         camera2lidar = np.ascontiguousarray(calib.camera2lidar, dtype=np.float32)
@@ -82,9 +88,9 @@ class GeometryStage:
             np.ascontiguousarray(lidar_aug, dtype=np.float32)
         key = calibration_key(camera2lidar, intrinsics, p.img_aug, aug)
         if key != self._key or self._plan is None:
-            self._plan = kernels.geometry(camera2lidar, intrinsics, p.img_aug, aug, p.image_size,
-                                          p.feature_size, p.dbound, p.xbound, p.ybound,
-                                          p.zbound)
+            self._plan = self._kernels.geometry(camera2lidar, intrinsics, p.img_aug, aug,
+                                                p.image_size, p.feature_size, p.dbound,
+                                                p.xbound, p.ybound, p.zbound, **self._where)
             self._key = key
             self.computations += 1
         return self._plan

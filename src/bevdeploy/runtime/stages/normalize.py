@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevdeploy.package import DeployPackage
-from bevdeploy.runtime import kernels
+from bevdeploy.runtime.kernels import kernels_for
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,19 @@ class NormalizeParams:
 
 
 class NormalizeStage:
-    """``run(images (N, H0, W0, 3) uint8) → (1, N, 3, H, W) float32``."""
+    """``run(images (N, H0, W0, 3) uint8) → (1, N, 3, H, W) float32``, on the host (numpy,
+    ``device=None``) or on a torch device (tensors there, the CUDA kernel)."""
 
     name = "normalize"
 
-    def __init__(self, params: NormalizeParams) -> None:
+    def __init__(self, params: NormalizeParams, *, device: str | None = None) -> None:
         self.params = params
+        self.device = device
+        self._kernels = kernels_for(device)
         self._mean = np.asarray(params.mean, dtype=np.float32)
         self._std = np.asarray(params.std, dtype=np.float32)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         p = self.params
-        return kernels.normalize(images, p.resize, p.resized_size, p.crop_offset, p.image_size,
-                                 self._mean, self._std)
+        return self._kernels.normalize(images, p.resize, p.resized_size, p.crop_offset,
+                                       p.image_size, self._mean, self._std)

@@ -3,21 +3,21 @@
 The SCN file ``lidar.backbone.xyz.onnx`` is a container of custom sparse-conv nodes that no
 ONNX backend runs (spec/deploy.md §3.2); ``ScnExecutor`` reads it and executes it with rulebooks
 and gather-GEMM-scatter, the role libspconv plays for CUDA-BEVFusion. The output
-``(1, C·Z, X, Y)`` is the fuser's ``lidar`` input.
+``(1, C·Z, X, Y)`` is the fuser's ``lidar`` input. On a torch device the same graph runs on
+``TorchScnExecutor`` in the given precision (GPU machines have torch but no spconv).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from bevdeploy.package import DeployPackage
-from bevdeploy.runtime.scn_executor import ScnExecutor
+from bevdeploy.runtime.devices import Precision, float_dtype
+from bevdeploy.runtime.scn import ScnExecutor
 from bevdeploy.scn_format import read_scn
 from bevdeploy.vocabulary import SCN_MODULE
-
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,24 @@ class ScnParams:
 
 
 class ScnStage:
-    """``run(feats (M, F), coords (M, 3) int32 xyz) → (1, C·Z, X, Y) float32``."""
+    """``run(feats (M, F), coords (M, 3) int32 xyz) → (1, C·Z, X, Y)``: float32 numpy arrays on
+    the host (``device=None``: ``ScnExecutor`` on ``threads`` numba threads), tensors on a torch
+    device (``TorchScnExecutor`` in ``precision``, its weights converted when the stage is
+    built)."""
 
     name = "scn"
 
-    def __init__(self, params: ScnParams, *, threads: int | None = None) -> None:
+    def __init__(self, params: ScnParams, *, threads: int | None = None,
+                 device: str | None = None, precision: Precision = "fp32") -> None:
         self.params = params
-        self.executor = ScnExecutor(read_scn(params.path), threads=threads)
+        self.device = device
+        graph = read_scn(params.path)
+        if device is None:
+            self.executor: Any = ScnExecutor(graph, threads=threads)
+        else:
+            from bevdeploy.runtime.scn.torch_executor import TorchScnExecutor
 
-    def run(self, feats: np.ndarray, coords: np.ndarray) -> np.ndarray:
+            self.executor = TorchScnExecutor(graph, device=device, dtype=float_dtype(precision))
+
+    def run(self, feats: Any, coords: Any) -> Any:
         return self.executor.run(feats, coords)

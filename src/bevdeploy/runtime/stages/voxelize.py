@@ -11,12 +11,13 @@ points of each in point order, at most ``max_voxels`` voxels, feature = mean of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bevdeploy.errors import InputError
 from bevdeploy.package import DeployPackage, runtime_parameters
-from bevdeploy.runtime import kernels
+from bevdeploy.runtime.kernels import in_range, kernels_for
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,23 +46,30 @@ class VoxelizeParams:
 @dataclass(frozen=True)
 class Voxels:
     """Voxelized points: ``feats (M, F)`` mean, ``coords (M, 3)`` int32 (x, y, z),
-    ``counts (M,)`` int32 points per voxel."""
+    ``counts (M,)`` int32 points per voxel; numpy arrays, or tensors on the stage's device."""
 
-    feats: np.ndarray
-    coords: np.ndarray
-    counts: np.ndarray
+    feats: Any
+    coords: Any
+    counts: Any
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
 
 
 class VoxelizeStage:
-    """``select(points) → points in range``; ``run(points) → Voxels``."""
+    """``select(points) → points in range``; ``run(points) → Voxels``.
+
+    ``select`` always runs on the host, where the frame arrives: it shrinks what a device
+    schedule uploads and enforces the bound that sizes its buffers. ``run`` runs on the host
+    (``device=None``) or on a torch device (points and voxels as tensors there).
+    """
 
     name = "voxelize"
 
-    def __init__(self, params: VoxelizeParams) -> None:
+    def __init__(self, params: VoxelizeParams, *, device: str | None = None) -> None:
         self.params = params
+        self.device = device
+        self._kernels = kernels_for(device)
 
     def select(self, points: np.ndarray, *, source: str = "<frame>") -> np.ndarray:
         """Points strictly inside the range, as contiguous float32 (P', F).
@@ -71,16 +79,19 @@ class VoxelizeStage:
         device buffers, and a clipped cloud would quietly lose whatever sweep came last.
         """
         r = self.params.point_cloud_range
-        kept = kernels.in_range(points, r[:3], r[3:])
+        kept = in_range(points, r[:3], r[3:])
         if kept.shape[0] > self.params.max_points:
             raise InputError(f"{kept.shape[0]:,} points in range exceed the package's bound of "
                              f"{self.params.max_points:,} (points.max_points); re-export with a "
                              f"larger bound or use fewer sweeps", path=source, field="points")
         return kept
 
-    def run(self, points: np.ndarray) -> Voxels:
+    def run(self, points: Any) -> Voxels:
         p = self.params
-        feats, coords, counts = kernels.voxelize(points, p.voxel_size, p.point_cloud_range[:3],
-                                                 np.asarray(p.grid_size, dtype=np.int32),
-                                                 p.max_points_per_voxel, p.max_voxels)
+        feats, coords, counts, *count = self._kernels.voxelize(
+            points, p.voxel_size, p.point_cloud_range[:3], np.asarray(p.grid_size, dtype=np.int32),
+            p.max_points_per_voxel, p.max_voxels)
+        if count:  # the CUDA kernel's fixed-capacity rows and the voxel count on the device
+            voxels = int(count[0])  # the SCN's shapes: a device LiDAR branch's first wait
+            feats, coords, counts = feats[:voxels], coords[:voxels], counts[:voxels]
         return Voxels(feats, coords, counts)

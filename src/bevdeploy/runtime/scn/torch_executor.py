@@ -1,9 +1,9 @@
 """Run the SCN file on any torch device: the LiDAR sparse backbone for the GPU backend.
 
 GPU machines have PyTorch but no spconv, so the ``torch-cuda`` schedule runs the SCN graph with
-this executor: the CPU ``ScnExecutor``'s plan (``scn_executor.plan_steps``: Add&Relu folded into
+this executor: the CPU ``ScnExecutor``'s plan and walk (``scn.plan``: Add&Relu folded into
 conv epilogues, ScatterDense written in its Transpose's layout, tensors released after their
-last use) in plain torch ops, one code path for CPU tensors (where the tests hold it to
+last use) with the steps' arithmetic in plain torch ops, one code path for CPU tensors (where the tests hold it to
 ``ScnExecutor``) and CUDA tensors.
 
 * **Sites** are sorted by linear key ``(x·Y + y)·Z + z`` (int64). Input voxels are sorted
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from bevdeploy.errors import ConfigError, InputError
-from bevdeploy.runtime.scn_executor import ConvStep, LayerStep, last_uses, plan_steps, step_inputs
-from bevdeploy.scn_format import Add, Relu, Reshape, ScatterDense, ScnGraph, SparseConv, Transpose
+from bevdeploy.runtime.scn.plan import ConvStep, ScnPlan, Sparse, execute
+from bevdeploy.scn_format import ScnGraph, SparseConv
 
 _SOURCE = "<torch scn executor>"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -127,18 +127,13 @@ def strided_rulebook(sites: Sites, out_shape: Triple, kernel: Triple, stride: Tr
     return _rulebook(sites, wanted, Sites(out_coords, out_keys, out_shape))
 
 
-@dataclass(frozen=True, eq=False)
-class _Sparse:
-    feats: torch.Tensor  # (M, C) in the executor's dtype
-    sites: Sites
-
-
 class TorchScnExecutor:
     """Executes an ``ScnGraph`` on ``device`` in ``dtype``: ``run(feats (M, F), coords (M, 3)
     int32/int64 xyz) → (1, C·Z, X, Y)``, the result of ``ScnExecutor.run``. An instance holds
     the weights on the device and the gather workspace, so it must not run two frames at once.
     ``sparse_shape``, ``in_channels`` and ``output_shape`` describe the graph's input grid and
-    features and its dense output."""
+    features and its dense output; ``last_timings`` the seconds each step of the last ``run``
+    took to enqueue (on a GPU, not its run time). The executor is its own ``plan.StepOps``."""
 
     def __init__(self, graph: ScnGraph, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -154,11 +149,11 @@ class TorchScnExecutor:
         self.sparse_shape = graph.sparse_shape
         self.in_channels = int(graph.features.shape[1])
         self.output_shape = tuple(int(d) for d in graph.output.shape)
-        self._steps = plan_steps(graph)
-        self._last_use = last_uses(self._steps)
+        self._plan = ScnPlan.of(graph)
+        self.last_timings: dict[str, float] = {}
         self._weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._columns = torch.empty(0, dtype=dtype, device=self.device)
-        for step in self._steps:
+        for step in self._plan.steps:
             if isinstance(step, ConvStep):
                 offsets, c_in, c_out = step.weight.shape
                 self._weights[step.name] = (
@@ -171,19 +166,9 @@ class TorchScnExecutor:
         """Unique voxels inside the sparse shape → the dense LiDAR BEV ``(1, C·Z, X, Y)``."""
         self._check(feats, coords)
         sites, order = sorted_sites(coords, self.sparse_shape)
-        tensors: dict[str, _Sparse | torch.Tensor] = {
-            self.graph.features.name: _Sparse(feats[order].to(self.dtype), sites)}
-        rulebooks: dict[str, TorchRulebook] = {}
-        for index, step in enumerate(self._steps):
-            if isinstance(step, ConvStep):
-                tensors[step.output] = self._conv(step, tensors, rulebooks)
-            else:
-                tensors[step.layer.output] = self._layer(step, tensors)
-            for name in step_inputs(step):
-                if self._last_use[name] == index:
-                    del tensors[name]
-        output = tensors[self.graph.output.name]
-        assert isinstance(output, torch.Tensor)
+        timings: dict[str, float] = {}
+        output = execute(self._plan, self, Sparse(feats[order].to(self.dtype), sites), timings)
+        self.last_timings = timings
         return output.contiguous()
 
     def _check(self, feats: torch.Tensor, coords: torch.Tensor) -> None:
@@ -200,15 +185,16 @@ class TorchScnExecutor:
                 f"expected ({feats.shape[0]}, 3) int32/int64 (x, y, z) voxel coordinates on "
                 f"{self.device}, got {_describe(coords)}", path=_SOURCE, field="coords")
 
-    def _conv(self, step: ConvStep, tensors: dict[str, _Sparse | torch.Tensor],
-              rulebooks: dict[str, TorchRulebook]) -> _Sparse:
-        conv = step.layer
-        x = tensors[conv.inputs[0]]
-        assert isinstance(x, _Sparse)
-        key = conv.rulebook or f"<{conv.name}>"  # an empty key: the conv's own rulebook
-        if key not in rulebooks:
-            rulebooks[key] = _conv_rulebook(conv, x.sites)
-        rulebook = rulebooks[key]
+    # ---- the steps' arithmetic (``plan.StepOps``) ---------------------------------------
+
+    def rulebook(self, conv: SparseConv, sites: Sites) -> TorchRulebook:
+        if conv.subm:
+            return subm_rulebook(sites, conv.kernel_size, conv.dilation)
+        return strided_rulebook(sites, conv.output_spatial_shape, conv.kernel_size, conv.stride,
+                                conv.padding, conv.dilation)
+
+    def conv(self, step: ConvStep, x: Sparse, rulebook: TorchRulebook,
+             residual: torch.Tensor | None) -> Sparse:
         weight, bias = self._weights[step.name]
         padded = torch.cat([x.feats, x.feats.new_zeros(1, x.feats.shape[1])])
         size = rulebook.gather.numel() * padded.shape[1]
@@ -217,35 +203,25 @@ class TorchScnExecutor:
         columns = self._columns[:size].view(-1, padded.shape[1])
         torch.index_select(padded, 0, rulebook.gather, out=columns)
         out = torch.addmm(bias, columns.view(-1, weight.shape[0]), weight)
-        if step.residual is not None:
-            residual = tensors[step.residual]
-            assert isinstance(residual, _Sparse)
-            out += residual.feats
+        if residual is not None:
+            out += residual
         if step.relu:
             out.relu_()
-        return _Sparse(out, rulebook.out_sites)
+        return Sparse(out, rulebook.out_sites)
 
-    def _layer(self, step: LayerStep,
-               tensors: dict[str, _Sparse | torch.Tensor]) -> _Sparse | torch.Tensor:
-        layer = step.layer
-        x = tensors[layer.inputs[0]]
-        if isinstance(layer, Add):
-            y = tensors[layer.inputs[1]]
-            assert isinstance(x, _Sparse) and isinstance(y, _Sparse)
-            return _Sparse(x.feats + y.feats, x.sites)
-        if isinstance(layer, Relu):
-            assert isinstance(x, _Sparse)
-            return _Sparse(torch.relu(x.feats), x.sites)
-        if isinstance(layer, ScatterDense):
-            assert isinstance(x, _Sparse)
-            return self._scatter_dense(x, layer.output_shape, step.dense_layout)
-        assert isinstance(x, torch.Tensor)
-        if isinstance(layer, Transpose):
-            return x.permute(layer.dims)
-        assert isinstance(layer, Reshape)
-        return x.reshape(layer.dims)
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
 
-    def _scatter_dense(self, x: _Sparse, output_shape: tuple[int, ...],
+    def relu(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.relu(feats)
+
+    def transpose(self, dense: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return dense.permute(dims)
+
+    def reshape(self, dense: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return dense.reshape(dims)
+
+    def scatter_dense(self, x: Sparse, output_shape: tuple[int, ...],
                        layout: tuple[int, ...] | None) -> torch.Tensor:
         """``(1, C, X, Y, Z)`` zeros with the active sites written; with ``layout`` (the
         consuming Transpose's dims) stored in that order, so the Transpose and Reshape after
@@ -257,13 +233,6 @@ class TorchScnExecutor:
         c = x.sites.coords
         dense[0].permute(1, 2, 3, 0).index_put_((c[:, 0], c[:, 1], c[:, 2]), x.feats)
         return dense
-
-
-def _conv_rulebook(conv: SparseConv, sites: Sites) -> TorchRulebook:
-    if conv.subm:
-        return subm_rulebook(sites, conv.kernel_size, conv.dilation)
-    return strided_rulebook(sites, conv.output_spatial_shape, conv.kernel_size, conv.stride,
-                            conv.padding, conv.dilation)
 
 
 def _describe(value: object) -> str:
