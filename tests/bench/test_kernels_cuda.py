@@ -11,7 +11,7 @@ from bevdeploy.bench.scn import benchmark_encoder
 from bevdeploy.export.scn import encoder_to_scn
 from bevdeploy.presets import get_preset
 from bevdeploy.runtime import kernels
-from bevdeploy.runtime.scn_executor import ScnExecutor
+from bevdeploy.runtime.scn import ScnExecutor
 
 pytest.importorskip("triton", reason="triton is not installed (the gpu extra)")
 from bevdeploy.bench.kernels_cuda import (  # noqa: E402  (needs triton)
