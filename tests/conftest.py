@@ -1,5 +1,6 @@
-"""Shared fixtures: a small synthetic nuScenes-format world (built once per session) and a
-Frame comparison with stated tolerances."""
+"""Shared fixtures: a small synthetic nuScenes-format world (built once per session), one of
+its frames as files, the trained tiny package, and a Frame comparison with stated
+tolerances."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from PIL import Image
+
+from bevdeploy.data.calib_yaml import write_calibration
 from bevdeploy.data.frame import Frame
+from bevdeploy.data.nuscenes import NuScenesLoader
 
 WORLD_SCENES = 2
 WORLD_SAMPLES = 3
@@ -77,3 +82,18 @@ def trained_tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     preset = get_preset("tiny")
     return export_package(preset, preset.checkpoint_path,
                           tmp_path_factory.mktemp("trained-tiny") / "package")
+
+
+@pytest.fixture(scope="session")
+def frame_files(synthetic_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``points.pcd.bin``, ``CAM_*.jpg`` (preset camera order) and ``rig.yaml`` of the first
+    mini_val frame of the synthetic world: a valid ``infer --pcd/--images/--calib`` input."""
+    loader = NuScenesLoader(synthetic_world, version="v1.0-mini", split="mini_val",
+                            preset="tiny", sweeps=0)
+    frame = loader[0]
+    root = tmp_path_factory.mktemp("frame")
+    np.ascontiguousarray(frame.points[:, :5], dtype="<f4").tofile(root / "points.pcd.bin")
+    for name, image in zip(frame.calib.camera_names, frame.images):
+        Image.fromarray(image).save(root / f"{name}.jpg", quality=90)
+    write_calibration(root / "rig.yaml", frame.calib)
+    return root
