@@ -23,7 +23,7 @@ from bevdeploy.model.factory import package_reference
 from bevdeploy.package import load_package
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends import RunnerOptions
-from bevdeploy.runtime.pipeline import Schedule
+from bevdeploy.runtime.schedules import Schedule
 from bevdeploy.vocabulary import HEAD_OUTPUTS
 
 
