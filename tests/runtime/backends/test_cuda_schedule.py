@@ -57,6 +57,33 @@ def test_on_cpu_tensors_the_detections_equal_onnxruntime(trained_tiny_package, s
     assert on_cpu.geometry.computations == reference.geometry.computations >= 1
 
 
+def test_the_pipeline_builds_the_stages_the_schedule_names_on_its_device(trained_tiny_package,
+                                                                       synthetic_world):
+    """A ``DeviceSchedule`` places stages once, when the pipeline builds them; the GPU runners
+    are ``DeviceRunner``s (ONNX Runtime's are not); a schedule handed to a pipeline built for
+    another is refused before it runs anything."""
+    from bevdeploy.runtime.backends import DeviceRunner
+
+    pytest.importorskip("triton", reason="the device kernels are Triton's (the gpu extra)")
+    options = GpuOptions(threads=2, device="cpu")
+    host_kernels = CudaSchedule(streams=False, device="cpu", host_kernels=True)
+    pipeline = Pipeline(trained_tiny_package, backend="torch-cuda", threads=2,
+                        runner_options=options, schedule=host_kernels)
+    placed = {name: getattr(pipeline, name).device
+              for name in ("normalize", "depth", "geometry", "bevpool", "voxelize", "scn",
+                           "decode")}
+    assert placed == {"normalize": None, "depth": None, "geometry": "cpu", "bevpool": "cpu",
+                      "voxelize": None, "scn": None, "decode": None}
+    assert all(isinstance(r, DeviceRunner) for r in pipeline.runners.values())
+    assert not any(isinstance(r, DeviceRunner)
+                   for r in Pipeline(trained_tiny_package, threads=2).runners.values())
+    loader = NuScenesLoader(synthetic_world, version="v1.0-mini", split="mini_val", preset="tiny")
+    pipeline.schedule = CudaSchedule(streams=False, device="cpu")  # wants every stage there
+    with pytest.raises(ConfigError, match="were not built where") as err:
+        pipeline.run(loader[0])
+    assert err.value.field == "schedule"
+
+
 @pytest.mark.gpu
 def test_a_host_backend_is_refused(trained_tiny_package, synthetic_world):
     loader = NuScenesLoader(synthetic_world, version="v1.0-mini", split="mini_val", preset="tiny")
