@@ -1,5 +1,6 @@
-"""Evaluation: nuScenes detection metrics through nuscenes-devkit (``nuscenes_eval``) and
-sensor ablations (``ablation``)."""
+"""Evidence of accuracy: nuScenes detection metrics through nuscenes-devkit (``nuscenes_eval``),
+sensor ablations (``ablation``) and the per-stage parity of a deploy package against the
+reference (``compare``, imported on its own: it needs PyTorch)."""
 
 from bevdeploy.eval.nuscenes_eval import (
     EvalResult,
