@@ -286,7 +286,8 @@ def test_corner_cell_and_dropped_points_do_not_mix(tiny):
     """A camera just inside the grid corner looking out of it: its nearest frustum points land
     in cell (0, 0, 0) (coordinates up to one cell below the bound truncate to 0), the rest of
     its frustum leaves the grid. NVIDIA's plan gives both rank 0 and pools them together
-    (spec/deploy.md §2.1, issue #222); here cell (0, 0) must hold exactly the reference's sum."""
+    (docs/reference.md#geometry-precompute, issue #222); here cell (0, 0) must hold exactly the
+    reference's sum."""
     calib = _rig_calibration()
     yaw = np.deg2rad(225.0)  # optical axis towards −x−y, out of the grid
     c, s = np.cos(yaw), np.sin(yaw)

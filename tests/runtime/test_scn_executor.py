@@ -1,10 +1,10 @@
 """The torch-free sparse-conv executor and its rulebooks.
 
 References are independent of the code under test: rulebooks are held to a brute-force search
-over every output cell of a small grid (spec/model.md §3: ``out[o] += W[k]·in[o·s − p + k·d]``,
-submanifold kernels centred), the conv kernel to a plain numpy sum over those pairs, and the
-executor end to end to spconv's SparseEncoder (the reference module, single thread) on random
-voxels and on the voxels of a synthetic frame.
+over every output cell of a small grid (docs/reference.md#sparse-encoder:
+``out[o] += W[k]·in[o·s − p + k·d]``, submanifold kernels centred), the conv kernel to a plain numpy
+sum over those pairs, and the executor end to end to spconv's SparseEncoder (the reference module,
+single thread) on random voxels and on the voxels of a synthetic frame.
 
 Tolerances: the executor and spconv both accumulate in float32 but in different orders, so
 they agree to rounding, ≤ 1e-4 of the output's largest magnitude, cosine ≥ 0.99999.

@@ -85,9 +85,9 @@ def _times(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
 def measure_rates(repeats: int = 5) -> MachineRates:
     """Copy bandwidth (a 128 MiB ``np.copyto``) and float32 GEMM rate (``np.matmul`` at 1024³
     and 2048³), best of ``repeats`` and sizes: the floor should be what the machine can reach,
-    not its average. A single 1024³ product read 10–20 % low on a 2-core AVX2 machine (thread
-    start-up is a visible share of its 12 ms), so ONNX Runtime's convs appeared to beat the
-    "peak"."""
+    not its average: a single 1024³ product reads low where thread start-up is a visible share
+    of it, and ONNX Runtime's convs then appear to beat the "peak"
+    (docs/bench/notes.md#gemm-peak)."""
     src = np.ones(_COPY_BYTES // 4, dtype=np.float32)
     dst = np.empty_like(src)
     copy_ms = min(_times(lambda: np.copyto(dst, src), 1, repeats))

@@ -254,8 +254,8 @@ def dense_macs(preset: Any, frame: Any) -> dict[str, int]:
 
 
 # GEMM timings per size in each of the two peak measurements (before and after the variants).
-# On the 2-core development VM single measurements of the same 2048³ product ranged 147–180
-# GFLOP/s between runs; the peak is the best of all of them.
+# Single measurements of the same product vary widely on a shared machine
+# (docs/bench/notes.md#gemm-peak); the peak is the best of all of them.
 GEMM_REPEATS = 10
 
 

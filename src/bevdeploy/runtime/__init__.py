@@ -2,7 +2,7 @@
 
 Nothing under ``bevdeploy.runtime`` imports PyTorch, spconv, ``bevdeploy.model`` or
 ``bevdeploy.export``: a deployment needs the package directory, numpy, numba and an ONNX
-backend only (DESIGN §2).
+backend only (docs/architecture.md#sources-detector-sinks).
 
 ``Pipeline`` is exported lazily so that importing a kernel or a stage (``bevdeploy.runtime.
 kernels``, ``bevdeploy.runtime.stages``) does not load ONNX Runtime and the SCN executor.

@@ -16,10 +16,9 @@ different threads overlap, so their sum exceeds ``total``.
 **Threads.** ``threads`` is the budget for each concurrent part: the ONNX sessions' intra-op
 pools, the numba kernels (numba's thread count is per calling thread, so each worker sets its
 own) and the SCN executor. The concurrent schedules do not split it: holding the worker
-thread's kernels to one thread bought nothing on the 2-core development machine (tiny package,
-6 interleaved rounds of 4 frames, machine shared: ``branches`` 3.71 frames/s split vs 3.65
-full, ``frames`` 3.42 vs 3.61), since a part held to one core leaves the other idle whenever
-the other part waits. What makes full budgets work is that idle threads sleep instead of
+thread's kernels to one thread bought nothing where it was measured
+(docs/bench/notes.md#concurrent-schedules-and-thread-budgets), since a part held to one core
+leaves the other idle whenever the other part waits. What makes full budgets work is that idle threads sleep instead of
 spinning: ONNX Runtime's (``RunnerOptions.spinning``) and OpenMP's (``kernels.cpu``). Every
 kernel releases the GIL while it runs (numba ``nogil``, PIL's resampling, ONNX Runtime's
 ``run``), so the threads overlap for real; only the Python glue between kernels (the SCN
@@ -27,8 +26,8 @@ executor's per-layer loop, the stages' argument checks) holds it, briefly.
 
 On 2 cores the concurrent schedules gain little when every stage already keeps both cores
 busy: they win back only the serial stretches (voxelize, the geometry's counting sort, the
-SCN's rulebook builds, Python glue) — 5–20% more frames/s on the tiny package in the rounds
-above and in others. ``bevdeploy bench --schedule ...`` measures it on any machine.
+SCN's rulebook builds, Python glue; the gain measured on 2 cores is in the same note).
+``bevdeploy bench --schedule ...`` measures it on any machine.
 """
 
 from __future__ import annotations

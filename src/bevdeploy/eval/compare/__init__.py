@@ -1,10 +1,11 @@
 """``bevdeploy compare``: per-stage parity of a deploy package against the PyTorch reference.
 
-Polygraphy-style (DESIGN §5, spec/deploy.md §7.2 and §9.5): the reference BEVFusion, built with
-the weights the package was exported from, and the deployed ``Pipeline`` run side by side on the
-same frames, and every intermediate tensor the two share is compared — max-abs, mean-abs,
-max-abs relative to the reference's own max-abs, cosine, and the NaN/Inf count of each side —
-then the boxes, matched one to one.
+Polygraphy-style (docs/architecture.md#evidence,
+docs/reference.md#python-binding-and-tools, #numerics-guardrails): the reference BEVFusion, built
+with the weights the package was exported from, and the deployed ``Pipeline`` run side by side on
+the same frames, and every intermediate tensor the two share is compared — max-abs, mean-abs,
+max-abs relative to the reference's own max-abs, cosine, and the NaN/Inf count of each side — then
+the boxes, matched one to one.
 
 **What is compared with what.** The deployed side is the pipeline's own schedule, unmodified:
 its stages and runners are wrapped in recorders for the duration of a frame, so the tensors are

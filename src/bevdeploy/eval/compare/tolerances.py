@@ -53,9 +53,9 @@ class Tolerances:
           grows over a chain of tens of layers: cosine ≥ 0.999, 2 % of the scale. Boxes: 5 cm,
           IoU 0.95, scores 0.01, 2 % of boxes may swap across the score or top-k boundary.
         * int8 — every quantised activation is rounded to 1/255 of its calibrated range
-          (histogram + MSE, spec/deploy.md §4) and the steps compound through the quantised
-          layers; NVIDIA's PTQ model stays within 0.23 mAP of FP16, so the maps keep their
-          direction (cosine ≥ 0.99) while single elements move by up to 10 % of the scale.
+          (histogram + MSE, docs/reference.md#quantisation-recipe) and the steps compound through
+          the quantised layers; NVIDIA's PTQ model stays within 0.23 mAP of FP16, so the maps keep
+          their direction (cosine ≥ 0.99) while single elements move by up to 10 % of the scale.
           Boxes: 20 cm, IoU 0.8, scores 0.05, 10 % without a partner.
         """
         #            cosine_min  rel_max_abs  centre_m  iou_min  score_delta  unmatched

@@ -2,8 +2,9 @@
 
 A ``Runner`` executes one dense module of a deploy package (``camera.backbone``,
 ``camera.vtransform``, ``fuser``, ``head.bbox``) from named numpy inputs to named numpy
-outputs. ONNX Runtime is the CPU backend today; TensorRT and PyTorch-CUDA runners will sit
-beside it behind the same protocol, so the pipeline never knows which one it drives.
+outputs. ONNX Runtime (the CPU backend), TensorRT and PyTorch-CUDA implement the same
+protocol, so the pipeline never knows which one it drives; the GPU runners also implement
+``DeviceRunner`` (device tensors in and out) for the CUDA schedule.
 
 Inputs are checked against the *manifest's* specs before the backend sees them: a wrong shape
 is then an ``InputError`` naming the module and the input, instead of a backend-specific

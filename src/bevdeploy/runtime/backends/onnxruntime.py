@@ -10,9 +10,7 @@ each session.
 Spinning is off by default (``session.intra_op.allow_spinning = 0``). Every session owns a
 thread pool, and after a run its workers busy-wait for more work; in a pipeline the next thing
 to run is another session or a numba kernel, which then shares its cores with those spinning
-workers. On the 2-core development machine (shared with other jobs; 6 interleaved rounds of 4
-frames in one process) the tiny package ran 2.28 frames/s sequentially with spinning and 3.69
-without: fuser 106 → 39 ms, head 52 → 19 ms median.
+workers (measured: docs/bench/notes.md#onnx-runtime-spinning).
 
 At load the session's own inputs and outputs are compared with the manifest, so a package whose
 ONNX file and manifest disagree is refused with a ``PackageError`` before any frame runs.

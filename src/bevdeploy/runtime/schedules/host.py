@@ -2,9 +2,10 @@
 consecutive frames, is ``schedules.frames``).
 
 ``sequential`` runs everything on the calling thread, LiDAR branch then camera branch, as
-CUDA-BEVFusion does on its single stream (spec/deploy.md §5.2). ``branches`` runs the LiDAR
-branch on the pipeline's worker thread while the calling thread runs the camera branch; they
-join before the fuser. It lowers one frame's latency when neither branch fills the cores.
+CUDA-BEVFusion does on its single stream (docs/reference.md#stage-order-and-streams). ``branches``
+runs the LiDAR branch on the pipeline's worker thread while the calling thread runs the camera
+branch; they join before the fuser. It lowers one frame's latency when neither branch fills the
+cores.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Run the SCN file (``lidar.backbone.xyz.onnx``) on the CPU, without PyTorch or spconv.
 
-``ScnExecutor`` plays the role libspconv plays for CUDA-BEVFusion (spec/deploy.md §3.3): it
-interprets the parsed layer list of ``bevdeploy.scn_format.ScnGraph`` with the rulebook and
-gather-GEMM kernels of ``bevdeploy.runtime.kernels.cpu.sparse_conv``:
+``ScnExecutor`` plays the role libspconv plays for CUDA-BEVFusion
+(docs/reference.md#libspconv-runtime): it interprets the parsed layer list of
+``bevdeploy.scn_format.ScnGraph`` with the rulebook and gather-GEMM kernels of
+``bevdeploy.runtime.kernels.cpu.sparse_conv``:
 
 * ``SparseConvolution``: bias and the fused ``activation`` are applied in the kernel's
   epilogue. Rulebooks are built once per frame per ``rulebook`` key and shared by every conv

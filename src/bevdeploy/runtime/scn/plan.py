@@ -1,7 +1,7 @@
 """The SCN's layer plan and the one step interpreter both executors share.
 
 ``plan_steps`` turns the parsed layer list of ``bevdeploy.scn_format.ScnGraph`` into executable
-steps, the fusions libspconv makes (spec/deploy.md §3.3):
+steps, the fusions libspconv makes (docs/reference.md#libspconv-runtime):
 
 * a ``SparseConvolution`` whose output feeds only an ``Add`` (a basic block's residual join),
   and that sum only a ``Relu``, absorbs both into its epilogue (``ConvStep``);

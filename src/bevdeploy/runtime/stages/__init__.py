@@ -1,5 +1,5 @@
-"""The runtime's stages, CUDA-BEVFusion style (DESIGN §4): one small class per step that runs
-outside the ONNX graphs, each with a parameter dataclass built from the package
+"""The runtime's stages, CUDA-BEVFusion style (docs/architecture.md#stages): one small class per
+step that runs outside the ONNX graphs, each with a parameter dataclass built from the package
 (``Params.from_package(pkg)``) and one ``run``.
 
 Camera branch: ``normalize`` → ``depth`` → [camera.backbone] → ``geometry`` (cached per

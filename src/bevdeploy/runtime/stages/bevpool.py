@@ -2,7 +2,7 @@
 
 The lift (outer product of each pixel's depth distribution with its feature vector) is fused
 into the reduction, interval by interval of the geometry plan, so the N·D·h·w·C frustum tensor
-is never built (spec/deploy.md §2.2). The output ``(1, C·nz, nx, ny)`` is
+is never built (docs/reference.md#bev-pool-kernel). The output ``(1, C·nz, nx, ny)`` is
 ``camera.vtransform``'s ``feat_in``.
 """
 

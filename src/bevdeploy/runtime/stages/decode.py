@@ -1,9 +1,9 @@
 """Stage ``decode``: the head's per-query outputs → ``Detections`` in the bevdeploy convention.
 
 ``head.bbox`` already ends with the per-class scores (sigmoid × heatmap score × one-hot), so
-decoding is arithmetic (spec/model.md §5.3, spec/deploy.md §6): label = argmax, centre from the
-BEV cell, sizes ``exp(dim)``, ``z = height − h/2``, yaw from (sin, cos), the post-centre range
-filter and the score threshold; the reference's legacy box dialect is converted once. There is
+decoding is arithmetic (docs/reference.md#box-decoding, #post-processing): label = argmax, centre
+from the BEV cell, sizes ``exp(dim)``, ``z = height − h/2``, yaw from (sin, cos), the post-centre
+range filter and the score threshold; the reference's legacy box dialect is converted once. There is
 no NMS, as in the reference.
 """
 

@@ -3,7 +3,7 @@
 Every point is projected into every camera with ``lidar2image`` and the image augmentation; the
 pixel it lands on stores its (clamped) camera depth, all other pixels are 0. Where several
 points hit one pixel, the point latest in point order wins — the rule the PyTorch reference
-fixes, where NVIDIA's kernel leaves it to a write race (spec/deploy.md §2.3).
+fixes, where NVIDIA's kernel leaves it to a write race (docs/reference.md#depth-kernel).
 
 ``lidar2image`` depends on the frame's calibration and is passed per call; ``img_aug`` is the
 package's (one matrix per camera, never camera 0's for all).

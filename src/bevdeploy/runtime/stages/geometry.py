@@ -3,9 +3,10 @@
 Where each frustum point (camera, depth bin, feature row, feature column) lands in the BEV grid
 depends only on the camera matrices, so the sorted point indices and the per-cell intervals are
 computed when the calibration changes and reused for every following frame, as CUDA-BEVFusion's
-``Geometry::update`` does (spec/deploy.md §2.1) — but with its latent bugs fixed in the kernel:
-dropped points are excluded rather than sharing rank 0 with cell (0, 0, 0), the output offset
-uses the right strides for a rectangular grid, and each camera keeps its own ``img_aug``.
+``Geometry::update`` does (docs/reference.md#geometry-precompute) — but with its latent bugs fixed
+in the kernel: dropped points are excluded rather than sharing rank 0 with cell (0, 0, 0), the
+output offset uses the right strides for a rectangular grid, and each camera keeps its own
+``img_aug``.
 
 Unlike NVIDIA's, the calibration is not frozen: a frame whose matrices differ (a recalibrated
 rig, another vehicle) recomputes the plan. The cache key is a hash of the exact float32 bytes

@@ -19,7 +19,7 @@ from bevdeploy.runtime.kernels import kernels_for
 
 @dataclass(frozen=True)
 class NormalizeParams:
-    """The test-time image transform of a package's preset (spec/model.md §1.1)."""
+    """The test-time image transform of a package's preset (docs/reference.md#camera-input)."""
 
     raw_size: tuple[int, int]  # (H, W) the camera images must have
     resize: float

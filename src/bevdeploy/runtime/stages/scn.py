@@ -1,8 +1,8 @@
 """Stage ``scn``: voxels → the LiDAR BEV map, through the sparse-conv executor.
 
 The SCN file ``lidar.backbone.xyz.onnx`` is a container of custom sparse-conv nodes that no
-ONNX backend runs (spec/deploy.md §3.2); ``ScnExecutor`` reads it and executes it with rulebooks
-and gather-GEMM-scatter, the role libspconv plays for CUDA-BEVFusion. The output
+ONNX backend runs (docs/reference.md#scn-onnx-format); ``ScnExecutor`` reads it and executes it with
+rulebooks and gather-GEMM-scatter, the role libspconv plays for CUDA-BEVFusion. The output
 ``(1, C·Z, X, Y)`` is the fuser's ``lidar`` input. On a torch device the same graph runs on
 ``TorchScnExecutor`` in the given precision (GPU machines have torch but no spconv).
 """

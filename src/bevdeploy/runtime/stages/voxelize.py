@@ -1,11 +1,12 @@
 """Stage ``voxelize``: the point range filter and hard voxelization.
 
 ``select`` applies the package's point-cloud range with strict inequalities on all six bounds,
-as the reference's ``PointsRangeFilter`` (spec/model.md §1.3); its result feeds both the depth
-stage and ``run``, exactly as the reference model filters once before either branch. ``run``
+as the reference's ``PointsRangeFilter`` (docs/reference.md#lidar-points); its result feeds both the
+depth stage and ``run``, exactly as the reference model filters once before either branch. ``run``
 groups the points into voxels: first-appearance voxel order, the first ``max_points_per_voxel``
 points of each in point order, at most ``max_voxels`` voxels, feature = mean of the kept points
-(spec/model.md §1.4) — deterministic, where NVIDIA's hash kernel is not (spec/deploy.md §3.1).
+(docs/reference.md#voxelization) — deterministic, where NVIDIA's hash kernel is not
+(docs/reference.md#hash-voxelization).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class VoxelizeStage:
         """Points strictly inside the range, as contiguous float32 (P', F).
 
         More points than the package's ``max_points`` are refused rather than truncated
-        (NVIDIA's runtime silently drops the tail, spec/deploy.md §5.3): the bound sizes the
-        device buffers, and a clipped cloud would quietly lose whatever sweep came last.
+        (NVIDIA's runtime silently drops the tail, docs/reference.md#memory-limits): the bound sizes
+        the device buffers, and a clipped cloud would quietly lose whatever sweep came last.
         """
         r = self.params.point_cloud_range
         kept = in_range(points, r[:3], r[3:])

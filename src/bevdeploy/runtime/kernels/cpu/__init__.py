@@ -7,10 +7,9 @@ Every kernel validates its arguments before compiled code touches them and raise
 **OpenMP wait policy.** numba's parallel kernels run on its OpenMP threading layer (GNU
 libgomp), whose threads by default spin at every barrier before sleeping. The SCN executor
 alone crosses hundreds of barriers per frame, and whenever another thread of the pipeline or
-another process holds one of the cores, a spinning thread burns the time its partner needs:
-on the 2-core development machine with other jobs running, the tiny package's SCN took 325 ms
-of wall and CPU time on 2 threads against 81 ms on 1; with ``OMP_WAIT_POLICY=PASSIVE`` it took
-70 ms on 2. So it is the default here (set before numba loads libgomp, at the first parallel
+another process holds one of the cores, a spinning thread burns the time its partner needs
+(measured: docs/bench/notes.md#openmp-wait-policy). So ``OMP_WAIT_POLICY=PASSIVE`` is the
+default here (set before numba loads libgomp, at the first parallel
 kernel; a value the user exported wins, and a libgomp another library loaded earlier keeps its
 own).
 """

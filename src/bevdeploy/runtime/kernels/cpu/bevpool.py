@@ -2,9 +2,9 @@
 
 The reference lifts every pixel's feature vector by its depth distribution into an N·D·h·w·C
 frustum tensor (638 MB in float32 at nuScenes shapes), sorts it and sums runs
-(spec/model.md §2.4g). Like CUDA-BEVFusion's kernel (spec/deploy.md §2.2) this one never builds
-that tensor: the plan from ``geometry`` already groups the frustum points by cell, so each
-interval forms ``Σ depth[idx] · feats[pixel(idx)]`` with float32 accumulators.
+(docs/reference.md#bev-pooling). Like CUDA-BEVFusion's kernel (docs/reference.md#bev-pool-kernel)
+this one never builds that tensor: the plan from ``geometry`` already groups the frustum points by
+cell, so each interval forms ``Σ depth[idx] · feats[pixel(idx)]`` with float32 accumulators.
 
 The grid is cut into tiles of 64 consecutive cells of one z plane. A tile accumulates its
 intervals into a small cell × channel buffer that stays in cache, then writes each channel's 64

@@ -1,6 +1,6 @@
 """Box decoding on the CPU: the head's per-query outputs → boxes, scores, labels.
 
-The maths of the reference's ``TransFusionBBoxCoder.decode`` (spec/model.md §5.3, and
+The maths of the reference's ``TransFusionBBoxCoder.decode`` (docs/reference.md#box-decoding, and
 ``bevdeploy.model.bbox_coder``), in float32 like the model: label and score are the argmax and
 max over the class scores; ``x = reg₀ · out_size_factor · voxel_size₀ + pc_min₀`` (same for
 y); sizes ``exp(dim)`` as (w, l, h); ``z = height − h/2``; ``θ = atan2(rot₀, rot₁)``; velocity
@@ -8,7 +8,7 @@ as is. A box is kept when its centre lies inside ``post_center_range`` (inclusiv
 positive threshold, its score exceeds ``score_threshold`` (0 means no threshold, the
 reference's falsy 0.0). There is no NMS. Boxes keep the query order; the reference's legacy
 dialect is converted once, with ``from_mmdet3d_legacy(..., z_is_bottom=False)`` (the z quirk
-of spec/model.md §5.3 makes the decoded z the object's centre already).
+of docs/reference.md#z-quirk makes the decoded z the object's centre already).
 
 Two hundred queries are a few microseconds of numpy; there is nothing to compile.
 """

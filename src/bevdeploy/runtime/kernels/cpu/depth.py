@@ -1,12 +1,13 @@
 """The sparse LiDAR depth image on the CPU: every point projected into every camera.
 
-Semantics of the reference's ``depth_map`` (spec/model.md §2.4a, ``DepthLSSTransform.
-depth_map``): camera z from the third row of ``lidar2image``, clamped to [1e-5, 1e5] and
-stored as the depth; (u, v) divided by the clamped z; the image augmentation applied to
+Semantics of the reference's ``depth_map`` (docs/reference.md#sparse-depth-image,
+``DepthLSSTransform.depth_map``): camera z from the third row of ``lidar2image``, clamped to [1e-5,
+1e5] and stored as the depth; (u, v) divided by the clamped z; the image augmentation applied to
 (u, v, z); the point kept when ``0 ≤ u' < W`` and ``0 ≤ v' < H`` (float test) and written at
 ``(trunc v', trunc u')``. Where several points hit one pixel, the point latest in point order
 wins — the rule the reference fixes, where CUDA-BEVFusion's kernel has a write race
-(spec/deploy.md §2.3). The LiDAR augmentation is the identity at test time and is not applied.
+(docs/reference.md#depth-kernel). The LiDAR augmentation is the identity at test time and is not
+applied.
 
 The projection runs in float64. Which pixel a point lands on is a truncation, so a float32
 evaluation flips a point to the neighbouring pixel whenever rounding crosses a pixel edge, and

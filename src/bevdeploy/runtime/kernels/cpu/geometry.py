@@ -1,16 +1,16 @@
 """Frustum geometry on the CPU: the calibration → a ``BevPoolPlan`` (computed once per rig).
 
 Every frustum point (camera n, depth bin d, feature row h, column w) is placed in the LiDAR
-frame exactly as the reference's ``get_geometry`` does (spec/model.md §2.4e–f): undo the image
-augmentation, scale (u, v) by the depth, apply ``R·K⁻¹`` and ``t`` of ``camera2lidar``, then
-the LiDAR augmentation. Its BEV cell is ``(p − (bx − dx/2)) / dx`` truncated toward zero, with
-``bx`` and ``dx`` rounded to float32 as the reference stores them, and it is kept when the cell
-lies inside the grid on all three axes.
+frame exactly as the reference's ``get_geometry`` does
+(docs/reference.md#frustum, #camera-geometry): undo the image augmentation, scale (u, v) by the
+depth, apply ``R·K⁻¹`` and ``t`` of ``camera2lidar``, then the LiDAR augmentation. Its BEV cell is
+``(p − (bx − dx/2)) / dx`` truncated toward zero, with ``bx`` and ``dx`` rounded to float32 as the
+reference stores them, and it is kept when the cell lies inside the grid on all three axes.
 
-The plan differs from CUDA-BEVFusion's ``Geometry::update`` (spec/deploy.md §2.1) on every
-latent issue listed there: dropped points are *excluded* from ``indices`` (no rank-0 sentinel
-shared with cell (0, 0, 0)), each camera keeps its own ``img_aug``, the flat cell uses the y
-extent as the row stride (rectangular grids work), the last interval ends at the last kept
+The plan differs from CUDA-BEVFusion's ``Geometry::update`` (docs/reference.md#geometry-precompute)
+on every latent issue listed there: dropped points are *excluded* from ``indices`` (no rank-0
+sentinel shared with cell (0, 0, 0)), each camera keeps its own ``img_aug``, the flat cell uses the
+y extent as the row stride (rectangular grids work), the last interval ends at the last kept
 point, and the interval arrays hold one entry per occupied cell.
 
 The positions are computed in float64: the cell is a truncation, so float32 rounding moves the

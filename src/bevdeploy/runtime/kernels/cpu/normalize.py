@@ -1,9 +1,9 @@
 """Camera image preprocessing on the CPU: resize, bottom-centre crop, mean/std.
 
 The resize is PIL's ``Image.resize`` with BICUBIC, the reference's own filter (antialiased
-convolution when shrinking, uint8 result; spec/model.md §1.1) — CUDA-BEVFusion substitutes a
-fixed-point bilinear, which is one reason its inputs differ from the model's. PIL releases the
-GIL while resampling, so the cameras resize on a thread pool as wide as numba's thread
+convolution when shrinking, uint8 result; docs/reference.md#camera-input) — CUDA-BEVFusion
+substitutes a fixed-point bilinear, which is one reason its inputs differ from the model's. PIL
+releases the GIL while resampling, so the cameras resize on a thread pool as wide as numba's thread
 setting; the crop, the float32 ``(x − mean) / std`` and the HWC → CHW transpose are one fused
 compiled pass that writes the network tensor directly.
 """

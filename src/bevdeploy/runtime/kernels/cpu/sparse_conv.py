@@ -1,6 +1,6 @@
 """Sparse 3-D convolution on the CPU: rulebooks and a blocked gather-GEMM kernel.
 
-Semantics are spconv's (spec/model.md §3, "Sparse convolution semantics"), cross-correlation
+Semantics are spconv's (docs/reference.md#sparse-convolution-semantics), cross-correlation
 with the kernel offset ``k`` enumerated row-major over ``(kx, ky, kz)``:
 
 * a **regular** (strided) conv adds ``W[k] · in[o·s − p + k·d]`` (per axis) into output site
@@ -13,11 +13,10 @@ with the kernel offset ``k`` enumerated row-major over ``(kx, ky, kz)``:
 words per ``(x, y)`` column, plus the rank of each word's first site in linear-index order
 ``(x·Y + y)·Z + z``. Finding a site is one word load and a popcount, and neighbouring sites
 live in neighbouring words, so lookups stay in cache. Against an open-addressing hash of the
-linear index (CUDA-BEVFusion's voxelizer structure, spec/deploy.md §3.1), building the
-submanifold rulebook of a sorted 120k-voxel nuScenes-shaped frame took 34 ms instead of 58 ms
-on one core in our measurement (both looking up all 27 offsets; the symmetry below halves
-that). The price is memory for the whole ``X × Y`` column grid: 12 bytes per column and 64 z
-cells, 25 MB at 1440 × 1440.
+linear index (CUDA-BEVFusion's voxelizer structure, docs/reference.md#hash-voxelization), it
+builds a submanifold rulebook markedly faster (docs/bench/notes.md#rulebook-lookup-structure;
+the symmetry below halves the look-ups). The price is memory for the whole ``X × Y`` column
+grid: 12 bytes per column and 64 z cells, 25 MB at 1440 × 1440.
 
 **Order.** A regular conv numbers its outputs in linear-index order (the ranks above), so
 its output is deterministic and spatially sorted; a submanifold conv keeps its input order.

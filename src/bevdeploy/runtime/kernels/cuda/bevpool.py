@@ -8,7 +8,8 @@ cell's lane idles after its last point), gathers each point's feature row (NHWC,
 is contiguous) scaled by its depth weight, and writes its ``TILE × channels`` block once —
 contiguous along the cells for every channel, empty cells included. Each output element has
 one writer, so there is no memset pass, no atomic, and the result does not depend on
-scheduling (CUDA-BEVFusion's kernel also has one writer per interval, spec/deploy.md §2.2).
+scheduling (CUDA-BEVFusion's kernel also has one writer per interval,
+docs/reference.md#bev-pool-kernel).
 
 Inputs may be float16, bfloat16 or float32; the products are accumulated in float32 unless
 ``accumulate`` asks for the input type, and written in the output's type.

@@ -3,8 +3,8 @@
 Semantics of ``kernels.cpu.depth_map`` (see there), bit for bit: the projection in float64
 with the CPU kernel's operations in its order, no FMA contraction, and the latest point in
 point order wins a pixel. CUDA-BEVFusion writes the pixels from racing threads, so which of
-several points a pixel shows depends on scheduling (spec/deploy.md §2.3); here the tie rule is
-two passes that need no ordering between threads:
+several points a pixel shows depends on scheduling (docs/reference.md#depth-kernel); here the tie
+rule is two passes that need no ordering between threads:
 
 1. ``_claim_pixels``: each point that lands on the image raises its pixel's claim to its own
    index (``atomic_max``), so every lit pixel ends up holding its latest point.

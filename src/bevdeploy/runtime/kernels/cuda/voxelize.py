@@ -8,7 +8,7 @@ What differs is the shape of the result: the voxel count stays on the device, so
 have the fixed capacity ``min(P, max_voxels)`` and the count is a 0-d tensor; rows past it
 are zero. Nothing in here waits for the GPU, so a frame can be queued (or captured in a CUDA
 graph) from the points to the detections without a host round trip; CUDA-BEVFusion copies its
-voxel count to the host in the middle of the frame (spec/deploy.md §3.1).
+voxel count to the host in the middle of the frame (docs/reference.md#hash-voxelization).
 
 1. ``_hash_voxels`` (Triton): every point's voxel key, computed as the CPU kernel does (float32,
    IEEE division, no FMA), inserted into an open-addressing table with ``atomic_cas``; the
