@@ -13,16 +13,16 @@ Every stage is timed (``last_timings``, milliseconds, plus ``total``), so a benc
 attribute latency without instrumenting anything. Under ``branches`` and ``frames`` stages of
 different threads overlap, so their sum exceeds ``total``.
 
-**Threads.** ``threads`` is the budget for each concurrent part: the ONNX sessions' intra-op
-pools, the numba kernels (numba's thread count is per calling thread, so each worker sets its
-own) and the SCN executor. The concurrent schedules do not split it: holding the worker
-thread's kernels to one thread bought nothing where it was measured
-(docs/bench/notes.md#concurrent-schedules-and-thread-budgets), since a part held to one core
-leaves the other idle whenever the other part waits. What makes full budgets work is that idle threads sleep instead of
-spinning: ONNX Runtime's (``RunnerOptions.spinning``) and OpenMP's (``kernels.cpu``). Every
-kernel releases the GIL while it runs (numba ``nogil``, PIL's resampling, ONNX Runtime's
-``run``), so the threads overlap for real; only the Python glue between kernels (the SCN
-executor's per-layer loop, the stages' argument checks) holds it, briefly.
+**Threads.** ``threads`` is the budget for each concurrent part: the ONNX sessions' intra-op pools,
+the numba kernels (numba's thread count is per calling thread, so each worker sets its own) and the
+SCN executor. The concurrent schedules do not split it: holding the worker thread's kernels to one
+thread bought nothing where it was measured
+(docs/bench/notes.md#concurrent-schedules-and-thread-budgets), since a part held to one core leaves
+the other idle whenever the other part waits. What makes full budgets work is that idle threads
+sleep instead of spinning: ONNX Runtime's (``RunnerOptions.spinning``) and OpenMP's
+(``kernels.cpu``). Every kernel releases the GIL while it runs (numba ``nogil``, PIL's resampling,
+ONNX Runtime's ``run``), so the threads overlap for real; only the Python glue between kernels (the
+SCN executor's per-layer loop, the stages' argument checks) holds it, briefly.
 
 On 2 cores the concurrent schedules gain little when every stage already keeps both cores
 busy: they win back only the serial stretches (voxelize, the geometry's counting sort, the

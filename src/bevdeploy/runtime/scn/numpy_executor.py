@@ -19,9 +19,9 @@
 
 The plan (the fusions above, the last uses) and its walk are ``scn.plan``'s, shared with
 ``scn.torch_executor``, which runs the same plan in torch; this module supplies the steps'
-arithmetic on numpy arrays. ``last_timings`` holds the seconds of the last ``run``: one entry per executed step under its
-layer name (a fused conv's entry includes its Add and Relu, see ``fusions``), one
-``rulebook:<key>`` entry per rulebook build, and ``total``.
+arithmetic on numpy arrays. ``last_timings`` holds the seconds of the last ``run``: one entry per
+executed step under its layer name (a fused conv's entry includes its Add and Relu, see
+``fusions``), one ``rulebook:<key>`` entry per rulebook build, and ``total``.
 """
 
 from __future__ import annotations
