@@ -10,14 +10,14 @@
 ``decode``     head outputs → boxes in the bevdeploy convention, scores, labels
 =============  ===========================================================================
 
-All arrays are numpy. These are the CPU implementations (``kernels.cpu``); the CUDA
-implementations (``kernels.cuda``, Triton on torch tensors) sit beside them with the same names
-and arguments, and parity tests hold both to each other and to the PyTorch reference.
-``kernels_for`` is the one place that picks a set for a device; a stage calls it once, when it
-is built. ``bev_pool`` takes an optional ``out=`` buffer, which a
-pipeline should reuse: at nuScenes shapes a fresh output is 41 MB of new pages per frame. ``frustum`` exposes the frustum the geometry places, so that
-parity tools can compare it with the reference's. Every compiled kernel releases the GIL
-(numba ``nogil``), so the pipeline's concurrent schedules overlap them with Python threads.
+All arrays are numpy. These are the CPU implementations (``kernels.cpu``); the CUDA implementations
+(``kernels.cuda``, Triton on torch tensors) sit beside them with the same names and arguments, and
+parity tests hold both to each other and to the PyTorch reference. ``kernels_for`` is the one place
+that picks a set for a device; a stage calls it once, when it is built. ``bev_pool`` takes an
+optional ``out=`` buffer, which a pipeline should reuse: at nuScenes shapes a fresh output is 41 MB
+of new pages per frame. ``frustum`` exposes the frustum the geometry places, so that parity tools
+can compare it with the reference's. Every compiled kernel releases the GIL (numba ``nogil``), so
+the pipeline's concurrent schedules overlap them with Python threads.
 """
 
 from __future__ import annotations
