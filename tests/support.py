@@ -77,3 +77,34 @@ def copy_with_fuser_weight(package: Path, out: Path, value: float | None) -> Pat
     manifest["modules"]["fuser"].update(sha256=sha256_file(path), size=path.stat().st_size)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return out
+
+
+# mmdetection3d 1.x names, written out from projects/BEVFusion (bevfusion.py, transformer.py)
+# and mmcv's MultiheadAttention / FFN / DetrTransformerDecoderLayer.
+_MMDET3D_PREFIXES = {
+    "encoders.camera.backbone.": "img_backbone.", "encoders.camera.neck.": "img_neck.",
+    "encoders.camera.vtransform.": "view_transform.",
+    "encoders.lidar.backbone.": "pts_middle_encoder.", "fuser.": "fusion_layer.",
+    "decoder.backbone.": "pts_backbone.", "decoder.neck.": "pts_neck.",
+    "heads.object.": "bbox_head.",
+}
+_MMDET3D_LAYER_PARTS = {
+    "self_attn.": "self_attn.attn.", "multihead_attn.": "cross_attn.attn.",
+    "linear1.": "ffn.layers.0.0.", "linear2.": "ffn.layers.1.",
+    "norm1.": "norms.0.", "norm2.": "norms.1.", "norm3.": "norms.2.",
+}
+
+
+def to_mmdet3d_names(key: str) -> str:
+    """A mit state-dict key under its mmdetection3d 1.x name."""
+    for mit, mm in _MMDET3D_PREFIXES.items():
+        if key.startswith(mit):
+            key = mm + key[len(mit):]
+            break
+    parts = key.split(".")
+    if key.startswith("bbox_head.decoder.") and len(parts) > 3:
+        rest = ".".join(parts[3:])
+        for mit, mm in _MMDET3D_LAYER_PARTS.items():
+            if rest.startswith(mit):
+                return ".".join(parts[:3]) + "." + mm + rest[len(mit):]
+    return key

@@ -17,6 +17,11 @@ ignores; a newer *major* version is refused)::
     created_utc      ISO-8601 time of the export
     versions         {bevdeploy, torch, onnx, spconv, ...} that produced the package
     checkpoint       {"file": name, "sha256": hex} or null (random weights)
+    checkpoint_report  (1.1) what loading the checkpoint did: format, counts, missing,
+                     unexpected, converted, notes (``LoadReport.to_dict``); absent without one
+    box_convention   (1.1) the convention the head regresses in, ``mit`` | ``mmdet3d-1.x``
+                     (``vocabulary.BOX_CONVENTIONS``); a 1.0 manifest (``decode.box_dialect``
+                     ``mmdet3d-legacy``) reads as ``mit``
     preset           Preset.to_dict() — the one source of truth, re-validated on load
     classes, cameras  the preset's class and camera order (denormalised for readers in C++)
     geometry, voxelization, decode   derived from the preset by ``runtime_parameters``
@@ -40,9 +45,10 @@ from typing import Any
 from bevdeploy.data.preprocess import img_aug_matrices
 from bevdeploy.errors import ConfigError, PackageError, os_reason
 from bevdeploy.presets import Preset
-from bevdeploy.vocabulary import BOX_DIALECT, MODULE_FILES
+from bevdeploy.vocabulary import (BOX_CONVENTION_MIT, BOX_CONVENTIONS, LEGACY_BOX_DIALECT,
+                                  MODULE_FILES)
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 MANIFEST_NAME = "manifest.json"
 
 _HASH_CHUNK = 1 << 20
@@ -202,14 +208,22 @@ class Manifest:
     # What ``bevdeploy optimize`` did to the exported files (passes, tools, calibration);
     # None for a package as exported. Written only when present, so older readers ignore it.
     optimization: Mapping[str, Any] | None = None
+    # The convention the head regresses in (``vocabulary.BOX_CONVENTIONS``): the checkpoint's.
+    box_convention: str = BOX_CONVENTION_MIT
+    # What loading the checkpoint did (``LoadReport.to_dict``); None for random weights.
+    checkpoint_report: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         optimization = {} if self.optimization is None else {"optimization": self.optimization}
+        report = {} if self.checkpoint_report is None \
+            else {"checkpoint_report": self.checkpoint_report}
         return {
             "format_version": self.format_version,
             "created_utc": self.created_utc,
             "versions": dict(self.versions),
             "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
+            **report,
+            "box_convention": self.box_convention,
             "preset": self.preset.to_dict(),
             "classes": list(self.preset.classes),
             "cameras": list(self.preset.cameras.names),
@@ -235,6 +249,7 @@ class Manifest:
         derived = json.loads(json.dumps({
             "classes": list(preset.classes), "cameras": list(preset.cameras.names),
             **runtime_parameters(preset)}))
+        box_convention, d = _box_convention(d, source)
         for key, expected in derived.items():
             difference = _first_difference(key, d.get(key), expected)
             if difference is not None:
@@ -253,10 +268,30 @@ class Manifest:
             raise PackageError("expected null or {file, sha256}", path=source, field="checkpoint")
         optimization = _typed(d, "optimization", dict, source, "<root>") \
             if "optimization" in d else None
+        report = _typed(d, "checkpoint_report", dict, source, "<root>") \
+            if "checkpoint_report" in d else None
         return cls(preset=preset, modules=modules,
                    versions=_typed(d, "versions", dict, source, "<root>"),
                    created_utc=_typed(d, "created_utc", str, source, "<root>"),
-                   checkpoint=checkpoint, format_version=version, optimization=optimization)
+                   checkpoint=checkpoint, format_version=version, optimization=optimization,
+                   box_convention=box_convention, checkpoint_report=report)
+
+
+def _box_convention(d: dict[str, Any], source: Path) -> tuple[str, dict[str, Any]]:
+    """The manifest's ``box_convention`` and the manifest to check further. A format-1.0
+    manifest has none and records ``decode.box_dialect: "mmdet3d-legacy"``, which means ``mit``
+    (the returned copy drops that key, so its derived ``decode`` block compares equal)."""
+    decode = d.get("decode")
+    if isinstance(decode, dict) and decode.get("box_dialect") == LEGACY_BOX_DIALECT:
+        d = {**d, "decode": {k: v for k, v in decode.items() if k != "box_dialect"}}
+        legacy = BOX_CONVENTION_MIT
+    else:
+        legacy = None
+    convention = d.get("box_convention", legacy)
+    if convention not in BOX_CONVENTIONS:
+        raise PackageError(f"expected one of {list(BOX_CONVENTIONS)}, got {convention!r}",
+                           path=source, field="box_convention")
+    return convention, d
 
 
 def check_format_version(version: str, source: Path) -> None:
@@ -284,9 +319,9 @@ def runtime_parameters(preset: Preset) -> dict[str, Any]:
     ``geometry.img_aug`` holds one 4×4 per camera (NVIDIA's geometry used camera 0's for all,
     docs/reference.md#geometry-precompute); ``bev_pool_size`` is (nx, ny, nz) before the
     ``camera.vtransform`` downsample. ``decode`` maps the head outputs to metres: ``x =
-    reg₀·out_size_factor· voxel_size₀ + pc_range₀`` (same for y), sizes ``exp(dim)`` as (w, l, h),
-    ``z = height − h/2``, ``yaw_mm = atan2(rot₀, rot₁)``, then
-    ``from_mmdet3d_legacy(z_is_bottom=False)``.
+    reg₀·out_size_factor· voxel_size₀ + pc_range₀`` (same for y), sizes ``exp(dim)``,
+    ``z = height − h/2``, ``θ = atan2(rot₀, rot₁)``, then the manifest's ``box_convention``
+    (``data.boxes.from_head_boxes``), which is the checkpoint's, not the preset's.
     """
     vt = preset.model.vtransform
     head = preset.model.head
@@ -318,7 +353,6 @@ def runtime_parameters(preset: Preset) -> dict[str, Any]:
             "max_points": preset.points.max_points,
         },
         "decode": {
-            "box_dialect": BOX_DIALECT,
             "num_proposals": head.num_proposals,
             "num_classes": preset.num_classes,
             "bev_size": list(preset.bev_size),

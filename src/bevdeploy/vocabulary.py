@@ -37,10 +37,18 @@ HEAD_OUTPUTS: tuple[str, ...] = tuple(name for name, _ in HEAD_OUTPUT_SOURCES)
 # A reference model built for such a package uses the same seed, so both sides hold equal weights.
 RANDOM_INIT_SEED = 0
 
-# How the head's regression outputs are read: the pre-1.0 mmdetection3d dialect of the
-# mit-han-lab checkpoints (size order w, l; yaw −θ − π/2; z the box centre), converted once after
-# decoding by ``bevdeploy.data.boxes.from_mmdet3d_legacy`` (docs/reference.md, "Box convention").
-BOX_DIALECT = "mmdet3d-legacy"
+# How the head's regression outputs are read (the manifest's ``box_convention``): the box
+# convention the head was trained in, converted once after decoding by
+# ``bevdeploy.data.boxes.from_head_boxes`` (docs/reference.md#box-convention).
+# * ``mit``: the pre-1.0 mmdetection3d dialect of the mit-han-lab checkpoints (size order w, l;
+#   yaw −θ − π/2; the decoded z already the centre, docs/reference.md#z-quirk);
+# * ``mmdet3d-1.x``: mmdetection3d ≥ 1.0 ``LiDARInstance3DBoxes`` (size order l, w, h; the
+#   heading yaw; the decoded z the box bottom), what its ``projects/BEVFusion`` trains.
+BOX_CONVENTION_MIT = "mit"
+BOX_CONVENTION_MMDET3D = "mmdet3d-1.x"
+BOX_CONVENTIONS: tuple[str, ...] = (BOX_CONVENTION_MIT, BOX_CONVENTION_MMDET3D)
+# What format-1.0 manifests recorded as ``decode.box_dialect``: it means ``mit``.
+LEGACY_BOX_DIALECT = "mmdet3d-legacy"
 
 # How far a grid's cell count may be from a whole number and still count as one.
 _WHOLE_CELLS_SLACK = 1e-4

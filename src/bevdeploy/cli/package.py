@@ -16,19 +16,31 @@ def export(out: Path = typer.Option(..., help="Package directory to write (atomi
            preset: str = typer.Option("tiny", help="Preset name or YAML path."),
            checkpoint: Optional[Path] = typer.Option(None, help="Weights; the preset's default "
                                                      "checkpoint, else a seeded random init."),
-           opset: int = typer.Option(17, help="ONNX opset of the dense graphs.")) -> None:
-    """Export the five ONNX modules and the manifest as a self-contained deploy package."""
+           opset: int = typer.Option(17, help="ONNX opset of the dense graphs."),
+           box_convention: Optional[str] = typer.Option(
+               None, help="The box convention the head was trained in: mit (mit-han-lab, "
+               "CUDA-BEVFusion) or mmdet3d-1.x (mmdetection3d >= 1.0 projects/BEVFusion). "
+               "Default: detected from the checkpoint's key names; override it for weights "
+               "converted between the two.")) -> None:
+    """Export the five ONNX modules and the manifest as a self-contained deploy package; the
+    checkpoint's load report and the box convention go into the manifest (shown below)."""
     from bevdeploy.export.inspect import print_package
     from bevdeploy.export.writer import export_package
     from bevdeploy.presets import get_preset
 
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.vocabulary import BOX_CONVENTIONS
+
+    if box_convention is not None and box_convention not in BOX_CONVENTIONS:
+        raise ConfigError(f"{box_convention!r} is none of {list(BOX_CONVENTIONS)}",
+                          field="--box-convention")
     p = get_preset(preset)
     weights = checkpoint or p.checkpoint_path
     if weights is None:
         warn(f"no checkpoint for preset {p.name}: exporting seeded random weights (fine for "
              "shapes and speed, not for boxes)")
     t0 = time.perf_counter()
-    root = export_package(p, weights, out, opset=opset)
+    root = export_package(p, weights, out, opset=opset, box_convention=box_convention)
     console.print(f"exported {root} in {time.perf_counter() - t0:.1f} s")
     print_package(root, console=console)
 

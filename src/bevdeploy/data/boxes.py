@@ -14,11 +14,19 @@ the key sweep (nuScenes LIDAR_TOP: x right, y forward, z up)::
 The reference network (pre-1.0 mmdet3d, docs/reference.md#box-convention) speaks another dialect:
 sizes ``(w, l, h)``, yaw ``θ_mm = −yaw − π/2`` and z at the box bottom. ``from_mmdet3d_legacy`` and
 ``to_mmdet3d_legacy`` translate between the two; nothing else should know about it.
+
+mmdetection3d ≥ 1.0 (``LiDARInstance3DBoxes``, what its ``projects/BEVFusion`` trains on and what
+its ``data_list`` info files hold) speaks a third: sizes ``(l, w, h)``, the heading yaw (0 along
++x, growing toward +y, as ours) and z at the box bottom. ``from_mmdet3d_v1`` / ``to_mmdet3d_v1``
+translate it. ``from_head_boxes`` picks the translation of a head's decoded boxes by the
+package's box convention (``vocabulary.BOX_CONVENTIONS``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from bevdeploy.vocabulary import BOX_CONVENTION_MIT, BOX_CONVENTION_MMDET3D, BOX_CONVENTIONS
 
 BOX_FIELDS: tuple[str, ...] = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
 
@@ -59,6 +67,39 @@ def to_mmdet3d_legacy(boxes: np.ndarray, z_is_bottom: bool = True) -> np.ndarray
     out[:, 6] = wrap_angle(-b[:, 6] - np.pi / 2)
     out[:, 7:9] = b[:, 7:9]
     return out
+
+
+def from_mmdet3d_v1(boxes: np.ndarray, z_is_bottom: bool = True) -> np.ndarray:
+    """mmdetection3d ≥ 1.0 ``[x, y, z, l, w, h, yaw, vx, vy]`` → bevdeploy convention: only z
+    moves (from the bottom to the centre with ``z_is_bottom``); the yaw is wrapped."""
+    b = np.asarray(boxes, dtype=np.float32)
+    out = np.zeros((b.shape[0], 9), dtype=np.float32)
+    out[:, :7] = b[:, :7]
+    out[:, 2] = b[:, 2] + (b[:, 5] / 2 if z_is_bottom else 0.0)
+    out[:, 6] = wrap_angle(b[:, 6])
+    if b.shape[1] >= 9:
+        out[:, 7:9] = b[:, 7:9]
+    return out
+
+
+def to_mmdet3d_v1(boxes: np.ndarray, z_is_bottom: bool = True) -> np.ndarray:
+    """bevdeploy convention → mmdetection3d ≥ 1.0 ``[x, y, z, l, w, h, yaw, vx, vy]``."""
+    b = np.asarray(boxes, dtype=np.float32)
+    out = b[:, :9].astype(np.float32, copy=True)
+    out[:, 2] = b[:, 2] - (b[:, 5] / 2 if z_is_bottom else 0.0)
+    return out
+
+
+def from_head_boxes(decoded: np.ndarray, convention: str) -> np.ndarray:
+    """A head's decoded boxes ``[x, y, height − s₂/2, s₀, s₁, s₂, atan2(sin, cos), vx, vy]``
+    (``s = exp(dim)``) → bevdeploy convention, read in the ``convention`` the head was trained
+    in: ``mit`` (legacy dialect; the z quirk makes the decoded z the centre already,
+    docs/reference.md#z-quirk) or ``mmdet3d-1.x`` (the decoded z is the bottom)."""
+    if convention == BOX_CONVENTION_MIT:
+        return from_mmdet3d_legacy(decoded, z_is_bottom=False)
+    if convention == BOX_CONVENTION_MMDET3D:
+        return from_mmdet3d_v1(decoded, z_is_bottom=True)
+    raise ValueError(f"box convention {convention!r} is none of {list(BOX_CONVENTIONS)}")
 
 
 def box_corners(boxes: np.ndarray) -> np.ndarray:

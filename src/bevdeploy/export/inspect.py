@@ -6,7 +6,9 @@ Torch-free: it reads only the manifest and, for the TensorRT column, the ONNX gr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 from rich.console import Console
@@ -34,6 +36,25 @@ def _tensorrt(pkg: DeployPackage, entry: ModuleEntry) -> str:
     return "parses" if not problems else f"[red]{len(problems)} unsupported[/red]"
 
 
+def _load_summary(report: Mapping[str, Any]) -> str:
+    """One line of the manifest's ``checkpoint_report``: format, counts, and the keys that did
+    not load (the first few of each kind)."""
+    def count(key: str) -> int:
+        value = report.get(key, [])
+        return len(value) if isinstance(value, list) else 0
+
+    line = (f"{report.get('source_format', '?')}: {report.get('loaded', '?')} loaded, "
+            f"{report.get('renamed', 0)} renamed, {count('converted')} converted, "
+            f"{count('missing')} missing, {count('unexpected')} unexpected, "
+            f"{count('shape_mismatch')} mis-shaped")
+    for key in ("missing", "unexpected"):
+        keys = report.get(key, [])
+        if isinstance(keys, list) and keys:
+            line += f"; {key}: " + ", ".join(str(k) for k in keys[:5]) \
+                + (f" … (+{len(keys) - 5})" if len(keys) > 5 else "")
+    return line
+
+
 def package_tables(pkg: DeployPackage) -> list[Table]:
     """Summary, modules, I/O and op-census tables of a loaded package."""
     m = pkg.manifest
@@ -45,6 +66,12 @@ def package_tables(pkg: DeployPackage) -> list[Table]:
     summary.add_row("created (UTC)", m.created_utc)
     summary.add_row("checkpoint", "random weights" if m.checkpoint is None
                     else f"{m.checkpoint.get('file', '?')} (sha256 {m.checkpoint['sha256'][:16]}…)")
+    summary.add_row("box convention", m.box_convention)
+    report = m.checkpoint_report
+    if report is not None:
+        summary.add_row("checkpoint load", _load_summary(report))
+        for note in report.get("notes", []):
+            summary.add_row("checkpoint note", str(note))
     summary.add_row("cameras", ", ".join(m.preset.cameras.names))
     summary.add_row("classes", ", ".join(m.preset.classes))
     summary.add_row("produced by", ", ".join(f"{k} {v}" for k, v in m.versions.items()))

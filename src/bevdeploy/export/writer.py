@@ -28,7 +28,7 @@ from bevdeploy.export.onnx_utils import (
 )
 from bevdeploy.export.scn import export_scn
 from bevdeploy.model.bevfusion import BEVFusion
-from bevdeploy.model.factory import create_model
+from bevdeploy.model.factory import create_model, report_record
 from bevdeploy.package import (
     MANIFEST_NAME, Manifest, ModuleEntry, check_replaceable, sha256_file,
     verify_file,
@@ -47,10 +47,14 @@ def dense_graphs(model: BEVFusion, preset: Preset) -> list[DenseGraph]:
 
 
 def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
-                   opset: int = DEFAULT_OPSET) -> Path:
+                   opset: int = DEFAULT_OPSET, box_convention: str | None = None) -> Path:
     """Export the five modules of ``preset``'s model and their manifest to the directory
     ``out``. Weights come from ``checkpoint``, or from a random initialisation seeded with
     ``vocabulary.RANDOM_INIT_SEED`` when it is ``None`` (demo and test packages).
+
+    The manifest records the checkpoint's load report and the box convention its head decodes
+    in: ``box_convention`` when given, else the one its origin implies
+    (``model.factory.checkpoint_box_convention``).
 
     ``out`` may not exist yet, be empty, or hold a previous package (which is replaced only
     after the new one is complete); anything else is refused rather than overwritten.
@@ -58,7 +62,8 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
     """
     out = Path(out)
     check_replaceable(out)
-    model, _ = create_model(preset, checkpoint)  # seeded: reproducible files without one
+    # seeded: reproducible files without a checkpoint
+    model, weights = create_model(preset, checkpoint, box_convention=box_convention)
     checkpoint_info = None
     if checkpoint is not None:
         checkpoint_info = {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}
@@ -80,6 +85,8 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
             versions=_versions(),
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             checkpoint=checkpoint_info,
+            box_convention=weights.box_convention,
+            checkpoint_report=None if weights.report is None else report_record(weights.report),
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         check_replaceable(out)  # again: it may have changed while we exported

@@ -1,8 +1,10 @@
 """TransFusion box coder: boxes ↔ regression targets
 (docs/reference.md#box-decoding, #training-settings).
 
-The network regresses in the reference's legacy mmdet3d dialect, so the coder is where the
-dialect is crossed, once per direction, through ``bevdeploy.data.boxes``:
+The network regresses in the box convention it was trained in (``box_convention``: the
+reference's legacy mmdet3d dialect, ``mit``, unless the checkpoint is an mmdetection3d-1.x one), so
+the coder is where the convention is crossed, once per direction, through ``bevdeploy.data.boxes``.
+For ``mit``:
 
 * ``encode`` takes bevdeploy boxes and returns the 10 targets the checkpoint was trained on:
   ``[cx, cy, height, log w, log l, log h, sin θ, cos θ, vx, vy]`` with ``(cx, cy)`` in BEV-cell
@@ -11,6 +13,10 @@ dialect is crossed, once per direction, through ``bevdeploy.data.boxes``:
   wrap it as if it were the bottom, then add h/2 "bottom to gravity centre").
 * ``decode`` inverts it: ``z = height − h/2`` is therefore ≈ the object's centre, and the legacy
   box is converted with ``from_mmdet3d_legacy(..., z_is_bottom=False)``.
+
+For ``mmdet3d-1.x`` (mmdetection3d's ``projects/BEVFusion``) the targets are the same arithmetic
+on its ``LiDARInstance3DBoxes``: sizes ``(l, w, h)``, the heading yaw, and ``height = z_bottom +
+h/2`` (the true centre), so the decoded ``z = height − h/2`` is the bottom and goes back up by h/2.
 """
 
 from __future__ import annotations
@@ -19,18 +25,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bevdeploy.data.boxes import from_mmdet3d_legacy, to_mmdet3d_legacy
+from bevdeploy.data.boxes import from_head_boxes, to_mmdet3d_legacy, to_mmdet3d_v1
 from bevdeploy.data.frame import Detections
 from bevdeploy.errors import InputError
 from bevdeploy.presets import Preset
+from bevdeploy.vocabulary import BOX_CONVENTION_MIT, BOX_CONVENTIONS
 
 CODE_SIZE = 10
 
 
 class TransFusionBBoxCoder:
-    """Box coding for the TransFusion head, with every constant read from the preset."""
+    """Box coding for the TransFusion head, with every constant read from the preset and the
+    box convention from the checkpoint (``model.factory`` sets it after loading)."""
 
-    def __init__(self, preset: Preset) -> None:
+    def __init__(self, preset: Preset, box_convention: str = BOX_CONVENTION_MIT) -> None:
+        if box_convention not in BOX_CONVENTIONS:
+            raise InputError(f"box convention {box_convention!r} is none of "
+                             f"{list(BOX_CONVENTIONS)}", field="box_convention")
+        self.box_convention = box_convention
         head = preset.model.head
         r = preset.points.point_cloud_range
         v = preset.voxel.voxel_size
@@ -50,13 +62,15 @@ class TransFusionBBoxCoder:
                              f"{array.shape}", field="gt_boxes")
         if not np.isfinite(array).all() or (array[:, 3:6] <= 0).any():
             raise InputError("boxes must be finite with positive l, w, h", field="gt_boxes")
-        legacy = torch.from_numpy(to_mmdet3d_legacy(array, z_is_bottom=False))
-        x, y, z, width, length, height, theta = legacy[:, :7].unbind(1)
+        native = to_mmdet3d_legacy(array, z_is_bottom=False) \
+            if self.box_convention == BOX_CONVENTION_MIT else to_mmdet3d_v1(array)
+        legacy = torch.from_numpy(native)
+        x, y, z, size0, size1, height, theta = legacy[:, :7].unbind(1)
         targets = torch.stack([
             (x - self.pc_min[0]) / self.cell_size[0],
             (y - self.pc_min[1]) / self.cell_size[1],
             z + height / 2,
-            width.log(), length.log(), height.log(),
+            size0.log(), size1.log(), height.log(),
             theta.sin(), theta.cos(),
             legacy[:, 7], legacy[:, 8],
         ], dim=1)
@@ -64,9 +78,9 @@ class TransFusionBBoxCoder:
 
     def legacy_boxes(self, rot: Tensor, dim: Tensor, center: Tensor, height: Tensor,
                      vel: Tensor) -> Tensor:
-        """(B, P, 9) boxes of **every** proposal, unfiltered, in the reference's legacy dialect
-        ``[x, y, z, w, l, h, θ_mm, vx, vy]`` (the Hungarian matcher needs all P in order;
-        ``decode`` filters and converts)."""
+        """(B, P, 9) boxes of **every** proposal, unfiltered, in the head's own convention
+        (``mit``: ``[x, y, z, w, l, h, θ_mm, vx, vy]``; the Hungarian matcher needs all P in
+        order; ``decode`` filters and converts)."""
         x = center[:, 0] * self.cell_size[0] + self.pc_min[0]
         y = center[:, 1] * self.cell_size[1] + self.pc_min[1]
         size = dim.exp()
@@ -94,7 +108,7 @@ class TransFusionBBoxCoder:
         out = []
         for b in range(legacy.shape[0]):
             boxes = legacy[b][keep[b]].detach().float().cpu().numpy()
-            out.append(Detections(from_mmdet3d_legacy(boxes, z_is_bottom=False),
+            out.append(Detections(from_head_boxes(boxes, self.box_convention),
                                   best[b][keep[b]].detach().float().cpu().numpy(),
                                   labels[b][keep[b]].cpu().numpy(), self.class_names))
         return out

@@ -437,9 +437,10 @@ def _annotate(report: LoadReport, meta: dict[str, Any], model: nn.Module,
     """Notes that help a user act on the report: box dialect, class list, matching preset."""
     if report.source_format == FORMAT_MMDET3D:
         report.notes.append(
-            "mmdetection3d 1.x weights: unless converted from a mit checkpoint, the head "
-            "regresses mmdet3d>=1.0 boxes (sizes l,w,h and another yaw), which this decoder "
-            "(mit convention) does not undo (docs/reference.md#mmdetection3d-name-mapping)")
+            "mmdetection3d 1.x weights: the head regresses mmdet3d>=1.0 boxes (sizes l,w,h, "
+            "its yaw, z the bottom) and is decoded in box convention mmdet3d-1.x; for weights "
+            "converted from a mit checkpoint use --box-convention mit "
+            "(docs/reference.md#box-convention)")
     classes = _classes_in_meta(meta)
     preset = getattr(model, "preset", None)
     if classes is not None and preset is not None and classes != tuple(preset.classes):

@@ -10,17 +10,19 @@ so building a model never disturbs the caller's random stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bevdeploy.errors import CheckpointError
 from bevdeploy.model.bevfusion import BEVFusion
-from bevdeploy.model.checkpoint import LoadReport, load_checkpoint
+from bevdeploy.model.checkpoint import FORMAT_MMDET3D, LoadReport, load_checkpoint
 from bevdeploy.package import MANIFEST_NAME, DeployPackage, sha256_file
 from bevdeploy.presets import Preset
-from bevdeploy.vocabulary import RANDOM_INIT_SEED
+from bevdeploy.vocabulary import (BOX_CONVENTION_MIT, BOX_CONVENTION_MMDET3D, BOX_CONVENTIONS,
+                                  RANDOM_INIT_SEED)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Weights:
     report: LoadReport | None
     seed: int
     checkpoint: Path | None = None
+    box_convention: str = BOX_CONVENTION_MIT
 
     @property
     def random(self) -> bool:
@@ -43,11 +46,29 @@ class Weights:
         return self.checkpoint.name
 
 
+def checkpoint_box_convention(report: LoadReport | None) -> str:
+    """The box convention a checkpoint's head was trained in, from its origin: ``mmdet3d-1.x``
+    for mmdetection3d-1.x names, else ``mit`` (random weights included)."""
+    if report is not None and report.source_format == FORMAT_MMDET3D:
+        return BOX_CONVENTION_MMDET3D
+    return BOX_CONVENTION_MIT
+
+
+def report_record(report: LoadReport) -> dict[str, Any]:
+    """The load report as JSON-ready data (the manifest's ``checkpoint_report``)."""
+    return {**asdict(report), "ok": report.ok}
+
+
 def create_model(preset: Preset, checkpoint: str | Path | None = None, *,
-                 seed: int = RANDOM_INIT_SEED, strict: bool = True) -> tuple[BEVFusion, Weights]:
+                 seed: int = RANDOM_INIT_SEED, strict: bool = True,
+                 box_convention: str | None = None) -> tuple[BEVFusion, Weights]:
     """``preset``'s reference model in eval mode: initialised from ``seed`` (in a forked RNG),
     then loaded from ``checkpoint`` when one is given (``strict``: any key that does not fit is
-    a ``CheckpointError``)."""
+    a ``CheckpointError``). Its head decodes in ``box_convention``, else the checkpoint's
+    (``checkpoint_box_convention``)."""
+    if box_convention is not None and box_convention not in BOX_CONVENTIONS:
+        raise CheckpointError(f"box convention {box_convention!r} is none of "
+                              f"{list(BOX_CONVENTIONS)}", field="box_convention")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = BEVFusion(preset)
@@ -55,7 +76,9 @@ def create_model(preset: Preset, checkpoint: str | Path | None = None, *,
     path = None if checkpoint is None else Path(checkpoint)
     if path is not None:
         report = load_checkpoint(model, path, strict=strict)
-    return model.eval(), Weights(report, seed, path)
+    convention = box_convention or checkpoint_box_convention(report)
+    model.heads["object"].bbox_coder.box_convention = convention
+    return model.eval(), Weights(report, seed, path, convention)
 
 
 def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
@@ -76,7 +99,7 @@ def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
         if path is None and recorded is not None and default is not None \
                 and Path(default).is_file() and sha256_file(default) == recorded["sha256"]:
             path = Path(default)
-        return create_model(pkg.preset, path)
+        return create_model(pkg.preset, path, box_convention=pkg.manifest.box_convention)
     manifest = pkg.root / MANIFEST_NAME
     if recorded is None and path is not None:
         raise CheckpointError("the package holds random weights (its manifest records no "
@@ -95,4 +118,4 @@ def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
             raise CheckpointError(f"sha256 {digest} differs from the {recorded['sha256']} of "
                                   f"{name}, the checkpoint the package was exported from",
                                   path=path, field="checkpoint.sha256")
-    return create_model(pkg.preset, path)
+    return create_model(pkg.preset, path, box_convention=pkg.manifest.box_convention)

@@ -3,8 +3,9 @@
 ``head.bbox`` already ends with the per-class scores (sigmoid × heatmap score × one-hot), so
 decoding is arithmetic (docs/reference.md#box-decoding, #post-processing): label = argmax, centre
 from the BEV cell, sizes ``exp(dim)``, ``z = height − h/2``, yaw from (sin, cos), the post-centre
-range filter and the score threshold; the reference's legacy box dialect is converted once. There is
-no NMS, as in the reference.
+range filter and the score threshold; the box convention the head was trained in (the manifest's
+``box_convention``, docs/reference.md#box-convention) is converted once. There is no NMS, as in
+the reference.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bevdeploy.vocabulary import HEAD_OUTPUTS
 
 @dataclass(frozen=True, eq=False)
 class DecodeParams:
-    """The manifest's ``decode`` block and the class names."""
+    """The manifest's ``decode`` block, its ``box_convention`` and the class names."""
 
     class_names: tuple[str, ...]
     out_size_factor: int
@@ -31,6 +32,7 @@ class DecodeParams:
     pc_range_min: np.ndarray  # (2,) float32
     post_center_range: np.ndarray  # (6,) float32
     score_threshold: float
+    box_convention: str
 
     @classmethod
     def from_package(cls, pkg: DeployPackage) -> "DecodeParams":
@@ -39,7 +41,8 @@ class DecodeParams:
                    voxel_size=np.asarray(d["voxel_size"], dtype=np.float32),
                    pc_range_min=np.asarray(d["pc_range"], dtype=np.float32),
                    post_center_range=np.asarray(d["post_center_range"], dtype=np.float32),
-                   score_threshold=float(d["score_threshold"]))
+                   score_threshold=float(d["score_threshold"]),
+                   box_convention=pkg.manifest.box_convention)
 
 
 class DecodeStage:
@@ -64,7 +67,8 @@ class DecodeStage:
             heads = [head.float() for head in heads]
         boxes, scores, labels = self._kernels.decode(*heads, p.out_size_factor, p.voxel_size,
                                                      p.pc_range_min, p.post_center_range,
-                                                     p.score_threshold)
+                                                     p.score_threshold,
+                                                     box_convention=p.box_convention)
         if self.device is not None:
             boxes, scores, labels = (t.cpu().numpy() for t in (boxes, scores, labels))
         return Detections(boxes, scores, labels, p.class_names)

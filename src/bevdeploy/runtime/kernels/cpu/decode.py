@@ -6,9 +6,10 @@ max over the class scores; ``x = reg₀ · out_size_factor · voxel_size₀ + pc
 y); sizes ``exp(dim)`` as (w, l, h); ``z = height − h/2``; ``θ = atan2(rot₀, rot₁)``; velocity
 as is. A box is kept when its centre lies inside ``post_center_range`` (inclusive) and, for a
 positive threshold, its score exceeds ``score_threshold`` (0 means no threshold, the
-reference's falsy 0.0). There is no NMS. Boxes keep the query order; the reference's legacy
-dialect is converted once, with ``from_mmdet3d_legacy(..., z_is_bottom=False)`` (the z quirk
-of docs/reference.md#z-quirk makes the decoded z the object's centre already).
+reference's falsy 0.0). There is no NMS. Boxes keep the query order; the box convention the
+head was trained in (the package's ``box_convention``) is converted once, with
+``data.boxes.from_head_boxes``: for ``mit`` the z quirk of docs/reference.md#z-quirk makes the
+decoded z the object's centre already, for ``mmdet3d-1.x`` it is the bottom.
 
 Two hundred queries are a few microseconds of numpy; there is nothing to compile.
 """
@@ -18,16 +19,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from bevdeploy.data.boxes import from_mmdet3d_legacy
+from bevdeploy.data.boxes import from_head_boxes
 from bevdeploy.errors import InputError
 from bevdeploy.runtime.kernels.checks import as_array, positive_ints, source
+from bevdeploy.vocabulary import BOX_CONVENTION_MIT
 
 _KERNEL = "decode"
 
 
 def decode(score: ArrayLike, rot: ArrayLike, dim: ArrayLike, reg: ArrayLike, height: ArrayLike,
            vel: ArrayLike, out_size_factor: int, voxel_size: ArrayLike, pc_range_min: ArrayLike,
-           post_center_range: ArrayLike, score_threshold: float
+           post_center_range: ArrayLike, score_threshold: float, *,
+           box_convention: str = BOX_CONVENTION_MIT
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode P queries.
 
@@ -39,6 +42,7 @@ def decode(score: ArrayLike, rot: ArrayLike, dim: ArrayLike, reg: ArrayLike, hei
         voxel_size, pc_range_min: (2,) voxel edge and range minimum in x and y, metres.
         post_center_range: (6,) ``[xmin, ymin, zmin, xmax, ymax, zmax]`` of kept centres.
         score_threshold: keep scores above it when positive.
+        box_convention: the convention the head regresses in (``vocabulary.BOX_CONVENTIONS``).
 
     Returns:
         ``boxes (M, 9)`` float32 in the bevdeploy convention ``[x, y, z, l, w, h, yaw, vx,
@@ -69,4 +73,4 @@ def decode(score: ArrayLike, rot: ArrayLike, dim: ArrayLike, reg: ArrayLike, hei
     keep = np.all((centre >= bounds[:3]) & (centre <= bounds[3:]), axis=1)
     if score_threshold > 0:
         keep &= best > np.float32(score_threshold)
-    return from_mmdet3d_legacy(legacy[keep], z_is_bottom=False), best[keep], labels[keep]
+    return from_head_boxes(legacy[keep], box_convention), best[keep], labels[keep]
