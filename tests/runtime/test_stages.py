@@ -2,8 +2,8 @@
 
 Every stage is held to the PyTorch reference (``bevdeploy.model``) on a synthetic frame, with
 the weights the package was exported from (``export_package`` without a checkpoint seeds the
-initialisation with ``RANDOM_INIT_SEED``, so a model built under the same seed is the package's
-model). The stages are thin, so these tests mostly prove the wiring: parameters read from the
+initialisation with ``RANDOM_INIT_SEED``, so ``create_model`` under the same seed is the
+package's model). The stages are thin, so these tests mostly prove the wiring: parameters read from the
 manifest, shapes and layouts handed between kernels and graphs.
 """
 
@@ -22,7 +22,7 @@ from bevdeploy.data.preprocess import img_aug_matrices, lidar2image
 from bevdeploy.errors import ConfigError, InputError, PackageError
 from bevdeploy.export.writer import export_package
 from bevdeploy.model.bbox_coder import TransFusionBBoxCoder
-from bevdeploy.model.bevfusion import BEVFusion
+from bevdeploy.model.factory import create_model
 from bevdeploy.model.inputs import filter_points, intrinsics_4x4, prepare_images
 from bevdeploy.model.lidar.voxelize import voxelize_points
 from bevdeploy.package import TensorSpec, load_package
@@ -47,9 +47,7 @@ def package(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(package):
-    with torch.random.fork_rng():
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return BEVFusion(package.preset).eval()
+    return create_model(package.preset, seed=RANDOM_INIT_SEED)[0]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import torch
 from bevdeploy.errors import CheckpointError
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.checkpoint import FORMAT_MMDET3D, LoadReport, load_checkpoint
+from bevdeploy.model.init import distinct_init
 from bevdeploy.package import MANIFEST_NAME, DeployPackage, sha256_file
 from bevdeploy.presets import Preset
 from bevdeploy.vocabulary import (BOX_CONVENTION_MIT, BOX_CONVENTION_MMDET3D, BOX_CONVENTIONS,
@@ -62,18 +63,21 @@ def report_record(report: LoadReport) -> dict[str, Any]:
 def create_model(preset: Preset, checkpoint: str | Path | None = None, *,
                  seed: int = RANDOM_INIT_SEED, strict: bool = True,
                  box_convention: str | None = None) -> tuple[BEVFusion, Weights]:
-    """``preset``'s reference model in eval mode: initialised from ``seed`` (in a forked RNG),
-    then loaded from ``checkpoint`` when one is given (``strict``: any key that does not fit is
-    a ``CheckpointError``). Its head decodes in ``box_convention``, else the checkpoint's
+    """``preset``'s reference model in eval mode: loaded from ``checkpoint`` when one is given
+    (``strict``: any key that does not fit is a ``CheckpointError``), else initialised from
+    ``seed`` (in a forked RNG) by ``model.init.distinct_init``, whose proposal scores are
+    distinct as trained weights' are. Its head decodes in ``box_convention``, else the checkpoint's
     (``checkpoint_box_convention``)."""
     if box_convention is not None and box_convention not in BOX_CONVENTIONS:
         raise CheckpointError(f"box convention {box_convention!r} is none of "
                               f"{list(BOX_CONVENTIONS)}", field="box_convention")
+    path = None if checkpoint is None else Path(checkpoint)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = BEVFusion(preset)
+        if path is None:
+            distinct_init(model)
     report = None
-    path = None if checkpoint is None else Path(checkpoint)
     if path is not None:
         report = load_checkpoint(model, path, strict=strict)
     convention = box_convention or checkpoint_box_convention(report)

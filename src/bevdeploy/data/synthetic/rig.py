@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 from pyquaternion import Quaternion
 
+from bevdeploy.data.frame import Calibration
 from bevdeploy.errors import InputError
 from bevdeploy.presets import NUSCENES_CAMERAS
 
@@ -150,3 +151,58 @@ def camera(name: str) -> CameraSpec:
             return cam
     raise InputError(f"no camera {name!r} in the synthetic rig; its cameras are "
                      f"{[c.name for c in CAMERAS]}", field="camera")
+
+
+RING_FOV_RANGE_DEG = (60.0, 120.0)  # horizontal field of view of a ring camera, clamped
+RING_RADIUS = 0.8  # metres from the roof centre
+RING_CENTRE = (1.0, 0.0, 1.55)  # roof centre in the ego frame, metres
+
+
+def ring_fov_deg(count: int) -> float:
+    """Horizontal field of view of each of ``count`` ring cameras: its share of the circle
+    plus 10° of overlap with each neighbour's, clamped to ``RING_FOV_RANGE_DEG``."""
+    low, high = RING_FOV_RANGE_DEG
+    return float(min(high, max(low, 360.0 / count + 10.0)))
+
+
+def ring_cameras(names: tuple[str, ...] | list[str], raw_size: tuple[int, int]
+                 ) -> tuple[CameraSpec, ...]:
+    """Cameras for a rig that is not nuScenes': ``names`` placed evenly around the roof in the
+    given order, the first facing forward and each next one ``360°/N`` further counter-clockwise
+    (toward the left), level and facing outwards, with ``raw_size`` (H, W) images, the
+    principal point at the centre and the focal length of ``ring_fov_deg``."""
+    count = len(names)
+    height, width = raw_size
+    focal = (width / 2.0) / np.tan(np.deg2rad(ring_fov_deg(count)) / 2.0)
+    specs = []
+    for i, name in enumerate(names):
+        yaw = 360.0 * i / count
+        yaw = yaw - 360.0 if yaw > 180.0 else yaw
+        c, s = np.cos(np.deg2rad(yaw)), np.sin(np.deg2rad(yaw))
+        translation = (RING_CENTRE[0] + RING_RADIUS * c, RING_CENTRE[1] + RING_RADIUS * s,
+                       RING_CENTRE[2])
+        specs.append(CameraSpec(name, float(focal), (width / 2.0, height / 2.0),
+                                tuple(float(v) for v in translation), float(yaw), width=width,
+                                height=height))
+    return tuple(specs)
+
+
+def preset_cameras(names: tuple[str, ...] | list[str], raw_size: tuple[int, int]
+                   ) -> tuple[CameraSpec, ...]:
+    """The synthetic cameras of a preset's rig: nuScenes' own (``CAMERAS``, in the preset's
+    order) when every name is a nuScenes camera and the raw size is nuScenes' 900×1600, else
+    ``ring_cameras``."""
+    by_name = {cam.name: cam for cam in CAMERAS}
+    if all(n in by_name for n in names) and tuple(raw_size) == (IMAGE_HEIGHT, IMAGE_WIDTH):
+        return tuple(by_name[n] for n in names)
+    return ring_cameras(names, raw_size)
+
+
+def rig_calibration(cameras: tuple[CameraSpec, ...]) -> Calibration:
+    """The ``Calibration`` of synthetic cameras mounted with the synthetic LiDAR (no ego motion
+    between the captures): ``camera2lidar = lidar2ego⁻¹ · camera2ego``."""
+    ego2lidar = np.linalg.inv(LIDAR.lidar2ego)
+    return Calibration(camera_names=tuple(c.name for c in cameras),
+                       intrinsics=np.stack([c.intrinsics for c in cameras]),
+                       camera2lidar=np.stack([ego2lidar @ c.camera2ego for c in cameras]),
+                       lidar2ego=LIDAR.lidar2ego.copy())
