@@ -13,7 +13,7 @@ from bevdeploy.data.frame import Detections, GroundTruth
 from bevdeploy.data.nuscenes import NuScenesLoader
 from bevdeploy.presets import NUSCENES_CLASSES
 from bevdeploy.viz import render_bev, render_cameras, render_frame
-from bevdeploy.viz.cameras import NEAR_M, project_edges
+from bevdeploy.viz.cameras import NEAR_M, STRIP_PX, project_edges
 from bevdeploy.viz.style import GT_COLOR, class_color
 
 TRUCK = NUSCENES_CLASSES.index("truck")  # orange: a colour neither viridis nor the sky has
@@ -54,6 +54,10 @@ def test_bev_shows_predicted_and_gt_boxes_at_their_positions(frame, tmp_path):
 
     truck = _mask(path, class_color(TRUCK))
     cx, cy = _bev_pixel(12.0, -8.0)
+    label = np.zeros_like(truck)  # the score, right of the box (0.6 × 6 m = 47 px from centre)
+    label[int(cy) - 12:int(cy) + 12, int(cx) + 40:int(cx) + 120] = True
+    assert (truck & label).sum() > 10
+    truck &= ~label
     near = np.zeros_like(truck)
     near[int(cy) - 60:int(cy) + 60, int(cx) - 60:int(cx) + 60] = True
     rows, cols = np.nonzero(truck & near)
@@ -93,7 +97,7 @@ def test_cameras_show_a_box_in_the_camera_that_sees_it(frame, tmp_path):
     scale = width / w0
     tile_h = round(h0 * scale)
     with Image.open(path) as img:
-        assert img.size == (columns * width, 2 * tile_h)
+        assert img.size == (columns * width, 2 * tile_h + STRIP_PX)  # + title and legend
 
     added = _mask(path, class_color(TRUCK)) & ~_mask(control, class_color(TRUCK))
 

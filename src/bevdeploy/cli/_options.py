@@ -49,6 +49,13 @@ ErrorPolicyOpt = Annotated[OnError, typer.Option(
     "--on-error", help="A frame that fails (a damaged file): stop the run, or skip it, go on "
                        "and exit 8 with the failures listed in the outputs' run record.")]
 
+# ---- which boxes a run reports (sinks/threshold.py)
+ScoreThresholdOpt = Annotated[Optional[float], typer.Option(
+    min=0.0, max=1.0, help="Report, write and draw boxes scoring at least this (default: the "
+                           "preset's head.report_threshold; recorded in detections.json).")]
+KeepAllOpt = Annotated[bool, typer.Option(
+    "--keep-all", help="Report every proposal of the decode (raw, down to scores near 0).")]
+
 # ---- outputs
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON "
                                                                 "(atomically).")]

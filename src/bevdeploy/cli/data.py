@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from bevdeploy.cli._app import command, console, warn
+from bevdeploy.cli._app import command, console, err_console, warn
+from bevdeploy.cli._summary import print_demo_summary
 from bevdeploy.cli._options import ThreadsOpt
 from bevdeploy.data.frame import Detections, Frame
 
@@ -53,11 +54,15 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to create (writ
 
 
 class _FrameLines:
-    """A sink printing one line per finished frame: points, boxes and milliseconds."""
+    """A sink printing one line per finished frame: points, boxes and milliseconds (it sits
+    behind the same ``Selected`` as the pictures, so both count the same boxes)."""
+
+    def __init__(self, threshold: float | None) -> None:
+        self.which = "" if threshold is None else f" (score ≥ {threshold:.2f})"
 
     def write(self, frame: Frame, detections: Detections, timings: Mapping[str, float]) -> None:
         console.print(f"frame {frame.token}: {frame.points.shape[0]:,} points, {len(detections)} "
-                      f"boxes, {timings['total']:.0f} ms")
+                      f"boxes{self.which}, {timings['total']:.0f} ms", highlight=False)
 
     def close(self, run: Mapping[str, object]) -> list[Path]:
         return []
@@ -75,12 +80,13 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
     from bevdeploy import detector
     from bevdeploy.data.sources import DatasetSource
     from bevdeploy.data.synthetic import write_world
-    from bevdeploy.errors import PackageError
-    from bevdeploy.export.writer import export_package
+    from bevdeploy.errors import ConfigError, PackageError
     from bevdeploy.frame_loop import run_frames
     from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
-    from bevdeploy.sinks import Renders, StageTimings
+    from bevdeploy.shipped import install_shipped, shipped_package
+    from bevdeploy.sinks import Metrics, Renders, StageTimings
+    from bevdeploy.sinks.threshold import BoxCount, Selected
     from bevdeploy.viz import view_extent
 
     p = get_preset(preset)
@@ -98,9 +104,19 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
         reusable = load_package(package).preset == p
     except PackageError:
         reusable = False
+    shipped = None if reusable else shipped_package(p)
     if reusable:
         console.print(f"reusing the deploy package {package}")
+    elif shipped is not None:
+        install_shipped(shipped, package)
+        console.print(f"copied the shipped {p.name} package to {package} (no PyTorch needed)")
     else:
+        try:
+            from bevdeploy.export.writer import export_package
+        except ModuleNotFoundError as exc:  # the runtime-only install: no torch, no spconv
+            raise ConfigError(f"preset {p.name} ships no deploy package and exporting one "
+                              f"needs {exc.name}: pip install 'bevdeploy[export]'",
+                              field="--preset") from None
         t0 = time.perf_counter()
         export_package(p, p.checkpoint_path, package)
         console.print(f"exported {p.name} to {package} ({time.perf_counter() - t0:.1f} s)")
@@ -110,15 +126,15 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
              "are meaningless; the pictures show the 20 best-scoring ones")
 
     source = DatasetSource(data, p, version="v1.0-mini", split="mini_val", limit=frames)
-    renders = Renders(out / "render", extent=view_extent(p),
-                      score_threshold=0.0 if random_weights else 0.3,
-                      max_boxes=20 if random_weights else 100)
-    timings = StageTimings()
+    threshold = 0.0 if random_weights else p.model.head.report_threshold
+    renders = Renders(out / "render", extent=view_extent(p), score_threshold=threshold)
+    counted, timings = BoxCount(), StageTimings()
+    metrics = Metrics(data, out / "eval", version="v1.0-mini", split="mini_val")
+    shown = Selected(threshold, [renders, counted, _FrameLines(threshold)],
+                     max_boxes=20 if random_weights else None)
     with detector.open(package, threads=threads) as deployed:
-        loop, _ = run_frames(source, deployed, [renders, timings, _FrameLines()])
+        loop, _ = run_frames(source, deployed, [shown, metrics, timings],
+                             console=err_console, description="demo frames")
     loop.raise_if_ended()
-    console.print("pictures:\n" + "\n".join(f"  {path}" for path in renders.pictures))
-    skip = 1 if len(timings.frames) > 1 else 0
-    console.print(f"median ms per stage over {len(timings.frames) - skip} frame(s)"
-                  + (" after the first (JIT compilation, geometry)" if skip else "")
-                  + ": " + timings.line(skip))
+    print_demo_summary(console, frames=loop.done, boxes=counted.line(threshold),
+                       metrics=metrics.result, timings=timings, pictures=renders.pictures)

@@ -44,15 +44,23 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           version: VersionOpt = "v1.0-mini",
           split: SplitOpt = "mini_val",
           pcd: Optional[Path] = typer.Option(None, help="One point cloud (single-frame mode): "
-                                             ".pcd, .pcd.bin (nuScenes), .bin (KITTI) or .npy."),
-          images: Optional[list[Path]] = typer.Option(None, help="The camera images in the "
-                                                      "preset's camera order: --images F1 ... FN."),
+                                             ".pcd, .pcd.bin (nuScenes; its ring-index column "
+                                             "becomes time lag 0), .bin (KITTI) or .npy "
+                                             "(bevdeploy.data.point_files)."),
+          intensity_scale: Optional[float] = typer.Option(
+              None, help="Multiply the --pcd intensities (255 for a 0-1 KITTI-style "
+              "reflectance: the presets expect 0-255)."),
+          images: Optional[list[Path]] = typer.Option(None, help="One image per camera: "
+                                                      "--images F1 ... FN, matched to the "
+                                                      "preset's cameras by the camera name in "
+                                                      "each file name (in the given order only "
+                                                      "when no file name carries one)."),
           more_images: Optional[list[Path]] = typer.Argument(None, metavar="IMAGE",
                                                              help="The images after the first "
                                                              "one of --images.",
                                                              show_default=False),
-          calib: Optional[Path] = typer.Option(None, help="Calibration YAML of the rig "
-                                               "(bevdeploy.data.calib_yaml)."),
+          calib: Optional[Path] = typer.Option(None, help="Calibration YAML of the rig (README "
+                                               "'Rig files'; write one with `bevdeploy rig`)."),
           backend: BackendOpt = None,
           preset: PresetOpt = "tiny",
           checkpoint: CheckpointOpt = None,
@@ -103,7 +111,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     p = pkg.preset if pkg is not None else get_preset(preset)
     if single:
         assert pcd is not None and calib is not None
-        source: Any = FileSource(FrameFiles(pcd, tuple(camera_files), calib), p)
+        source: Any = FileSource(FrameFiles(pcd, tuple(camera_files), calib,
+                                            intensity_scale=intensity_scale), p)
+        for note in source.notes:
+            warn(note)
     else:
         source = DatasetSource(data, p, version=version, split=split, limit=limit)
     timings = StageTimings()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bevdeploy.data.frame import Frame
-from bevdeploy.errors import ConfigError, InputError
+from bevdeploy.errors import ConfigError
 from bevdeploy.presets import Preset
 
 
@@ -67,31 +67,40 @@ class DatasetSource:
 
 @dataclass(frozen=True)
 class FrameFiles:
-    """One frame as files: a point cloud, the images in the preset's camera order and the rig's
-    calibration YAML (``data.calib_yaml``)."""
+    """One frame as files: a point cloud (``data.point_files``: the columns of each format), one
+    image per camera (matched to the preset's cameras by ``data.camera_files``) and the rig's
+    calibration YAML (``data.calib_yaml``); ``intensity_scale`` multiplies the intensities."""
 
     points: Path
     images: tuple[Path, ...]
     calibration: Path
+    intensity_scale: float | None = None
 
 
 class FileSource:
     """One frame read from files. The files are read when the source is made (a damaged file
-    fails in milliseconds, before the model loads); the frame is named after the point file."""
+    fails in milliseconds, before the model loads); the frame is named after the point file.
+    ``notes`` holds what the user should be told: images taken in the given order because no
+    file name carries a camera name, intensities that look like 0–1 reflectance."""
 
     global_poses = False
 
     def __init__(self, files: FrameFiles, preset: Preset) -> None:
         from bevdeploy.data.calib_yaml import read_calibration
-        from bevdeploy.data.readers import read_images, read_points
+        from bevdeploy.data.camera_files import match_camera_files
+        from bevdeploy.data.point_files import read_key_sweep
+        from bevdeploy.data.readers import read_images
 
         names = preset.cameras.names
-        if len(files.images) != len(names):
-            raise InputError(f"{len(files.images)} images given but the preset has "
-                             f"{len(names)} cameras {list(names)}", field="--images")
+        cameras = match_camera_files(files.images, names)
+        points, self.notes = read_key_sweep(files.points, preset.points.num_features,
+                                            intensity_scale=files.intensity_scale)
+        if not cameras.by_name:
+            self.notes.insert(0, "no image file name carries a camera name: the images are "
+                              f"taken in the given order as {list(names)}")
         self.files = files
-        self._frame = Frame(images=read_images(files.images, names, preset.cameras.raw_size),
-                            points=read_points(files.points, preset.points.num_features),
+        self._frame = Frame(images=read_images(cameras.paths, names, preset.cameras.raw_size),
+                            points=points,
                             calib=read_calibration(files.calibration, names),
                             token=files.points.name.split(".")[0], source=str(files.points))
 

@@ -181,6 +181,11 @@ class HeadConfig:
     post_center_range: tuple[float, float, float, float, float, float] = (-61.2, -61.2, -10.0,
                                                                         61.2, 61.2, 10.0)
     score_threshold: float = 0.0
+    # What ``infer`` and ``demo`` report and draw by default (``--score-threshold`` overrides,
+    # ``--keep-all`` reports every proposal): the decode above keeps every proposal because
+    # nuScenes' mAP integrates the whole score range, but a user reading boxes wants the ones
+    # the model believes in. Recorded in detections.json with the boxes it selected.
+    report_threshold: float = 0.3
     # Classes whose heatmap is not local-max suppressed (nuScenes: pedestrian, traffic_cone).
     no_suppression_classes: tuple[str, ...] = ("pedestrian", "traffic_cone")
 
@@ -188,6 +193,8 @@ class HeadConfig:
         if self.hidden_channel % self.num_heads:
             raise ValueError(f"hidden_channel {self.hidden_channel} is not divisible by "
                              f"num_heads {self.num_heads}")
+        if not 0.0 <= self.report_threshold <= 1.0:
+            raise ValueError(f"report_threshold {self.report_threshold} is not a score in [0, 1]")
         if self.num_proposals <= 0 or self.num_decoder_layers < 1 or self.nms_kernel_size != 3:
             raise ValueError("num_proposals > 0, num_decoder_layers >= 1 and "
                              "nms_kernel_size == 3 are required")

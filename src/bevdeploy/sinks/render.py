@@ -11,11 +11,12 @@ from bevdeploy.sinks.base import RunRecord
 
 class Renders:
     """A bird's-eye view and a camera mosaic per frame in ``directory``: boxes scoring at least
-    ``score_threshold``, at most ``max_boxes``, over a square view of half-width ``extent`` m.
+    ``score_threshold`` (``None``: every box; the threshold is in each picture's title), at
+    most ``max_boxes`` (``None``: no limit), over a square view of half-width ``extent`` m.
     The pictures are written as frames finish (a picture is useful on its own)."""
 
-    def __init__(self, directory: str | Path, *, extent: float, score_threshold: float,
-                 max_boxes: int = 100) -> None:
+    def __init__(self, directory: str | Path, *, extent: float, score_threshold: float | None,
+                 max_boxes: int | None = None) -> None:
         self.directory = Path(directory)
         self.extent = extent
         self.score_threshold = score_threshold
@@ -27,7 +28,7 @@ class Renders:
 
         self.pictures += render_frame(frame, detections, self.directory, extent=self.extent,
                                       score_threshold=self.score_threshold,
-                                      max_boxes=self.max_boxes)
+                                      max_boxes=self.max_boxes or len(detections))
 
     def close(self, run: RunRecord) -> list[Path]:
         """The pictures' folder, when any picture was drawn (``pictures`` lists them)."""

@@ -19,7 +19,7 @@ def view_extent(preset: Preset) -> float:
 
 
 def render_frame(frame: Frame, detections: Detections, out_dir: str | Path, *,
-                 score_threshold: float = 0.0, max_boxes: int = 100,
+                 score_threshold: float | None = 0.0, max_boxes: int = 100,
                  extent: float | None = None) -> list[Path]:
     """Both pictures of one frame, ``<token>_bev.png`` and ``<token>_cameras.png`` in
     ``out_dir``, with the frame's GT boxes when it has them; returns their paths."""

@@ -24,8 +24,22 @@ def to_unit(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
     return (r / 255.0, g / 255.0, b / 255.0)
 
 
-def boxes_to_draw(detections: Detections, score_threshold: float, max_boxes: int) -> Detections:
+def boxes_to_draw(detections: Detections, score_threshold: float | None,
+                  max_boxes: int) -> Detections:
     """The ``max_boxes`` highest-scoring detections with a score of at least
-    ``score_threshold``, best first (a picture of 200 random-weight boxes shows nothing)."""
-    keep = detections.filter(detections.scores >= score_threshold).sorted()
+    ``score_threshold`` (``None``: any), best first (a picture of 200 random-weight boxes
+    shows nothing)."""
+    keep = detections if score_threshold is None else detections.filter(
+        detections.scores >= score_threshold)
+    keep = keep.sorted()
     return keep.filter(np.arange(len(keep)) < max_boxes)
+
+
+def picture_title(token: str, shown: int, score_threshold: float | None,
+                  gt: int | None) -> str:
+    """The title both pictures of a frame carry (drawn, and as the PNG's ``Title`` text chunk):
+    the number of boxes drawn and the threshold they passed, so the picture, the console and
+    detections.json can be checked against each other."""
+    which = "all proposals" if score_threshold is None else f"score ≥ {score_threshold:.2f}"
+    return (f"{token or 'frame'}: {shown} boxes ({which})"
+            + ("" if gt is None else f", {gt} GT"))
