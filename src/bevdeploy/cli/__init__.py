@@ -7,6 +7,7 @@ the tools of ``export``, ``optimize``, ``eval`` and ``bench``).
 ``_options``  the options several commands share, declared once
 ``data``      synth, demo
 ``run``       infer, eval
+``rig``       rig from-nuscenes, from-info, check
 ``package``   export, optimize, build, inspect
 ``evidence``  compare, train
 ``bench``     bench, bench-kernels
@@ -17,7 +18,7 @@ the tools of ``export``, ``optimize``, ``eval`` and ``bench``).
 from bevdeploy.cli._app import app
 
 # Importing a command module registers its commands; this order is the order of ``--help``.
-from bevdeploy.cli import data, run, package, evidence, bench, system  # noqa: E402,F401  # isort: skip
+from bevdeploy.cli import data, run, rig, package, evidence, bench, system  # noqa: E402,F401  # isort: skip
 
 __all__ = ["app", "main"]
 
