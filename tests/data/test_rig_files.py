@@ -89,3 +89,13 @@ def test_rig_check_names_a_missing_camera(trained_tiny_package, frame_files, tmp
     result = CliRunner().invoke(app, ["rig", "from-nuscenes", "--data", str(tmp_path),
                                       "--sample", "x", "--out", str(tmp_path / "r.yaml")])
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_the_readme_rig_example_is_a_complete_rig(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("### Rig files", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "rig.yaml").write_text(block)
+    calib = read_calibration(tmp_path / "rig.yaml", TINY.cameras.names)
+    assert calib.camera_names == TINY.cameras.names
