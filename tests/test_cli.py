@@ -100,7 +100,7 @@ def test_infer_under_branches_writes_the_same_detections_as_sequential(trained_t
         out = tmp_path / schedule
         result = runner.invoke(app, ["infer", "--out", str(out), "--package",
                                      str(trained_tiny_package), "--data", str(synthetic_world),
-                                     "--limit", "2", "--schedule", schedule])
+                                     "--limit", "2", "--schedule", schedule, "--keep-all"])
         assert result.exit_code == 0, result.output
         outputs[schedule] = json.loads((out / "detections.json").read_text())
     frames = outputs["sequential"]["frames"]

@@ -187,7 +187,8 @@ def test_an_empty_point_cloud_is_a_normal_frame(tiny_package, frame_files, tmp_p
     images = [str(frame_files / f"{name}.jpg")
               for name in load_package(tiny_package).preset.cameras.names]
     result = _invoke(["infer", "--package", str(tiny_package), "--pcd", str(empty), "--calib",
-                      str(frame_files / "rig.yaml"), "--out", str(out), "--images", *images])
+                      str(frame_files / "rig.yaml"), "--out", str(out), "--keep-all",
+                      "--images", *images])
     assert result.exit_code == 0, result.output
     written = json.loads((out / "detections.json").read_text())
     assert written["run"]["status"] == "complete"

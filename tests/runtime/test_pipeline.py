@@ -202,7 +202,7 @@ def test_infer_with_a_package_is_torch_free_and_writes_its_outputs(reference, pi
     out = tmp_path / "out"
     args = ["infer", "--package", str(reference[1]), "--data", str(synthetic_world),
             "--split", "mini_val", "--limit", "1", "--out", str(out), "--render",
-            "--threads", "1"]
+            "--threads", "1", "--keep-all"]
     assert _forbidden_modules_after(
         f"from bevdeploy.cli import app\napp({args!r}, standalone_mode=False)") == []
 
@@ -239,7 +239,7 @@ def test_infer_single_frame_from_files_equals_the_in_memory_frame(reference, pip
     images = _write_frame_files(frame, tmp_path / "files")
     out = tmp_path / "out"
     base = ["infer", "--package", str(reference[1]), "--pcd", str(tmp_path / "files/cloud.npy"),
-            "--calib", str(tmp_path / "files/calib.yaml"), "--out", str(out)]
+            "--calib", str(tmp_path / "files/calib.yaml"), "--out", str(out), "--keep-all"]
     result = CliRunner().invoke(app, [*base, "--images", *images])
     assert result.exit_code == 0, result.output
     boxes = json.loads((out / "detections.json").read_text())["frames"]["cloud"]["boxes"]

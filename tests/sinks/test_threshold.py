@@ -27,14 +27,17 @@ def _infer(package: Path, world: Path, out: Path, *extra: str) -> tuple[dict, st
     return json.loads((out / "detections.json").read_text()), result.output
 
 
-def test_select_keeps_scores_at_or_above_the_threshold_best_first() -> None:
+def test_select_keeps_scores_at_or_above_the_threshold() -> None:
     dets = Detections(np.arange(36, dtype=np.float32).reshape(4, 9),
                       np.array([0.1, 0.3, 0.9, 0.29999], np.float32), np.array([0, 1, 0, 1]),
                       CLASSES)
     kept = select(dets, 0.3)
-    assert kept.scores.tolist() == [np.float32(0.9), np.float32(0.3)]
-    assert kept.boxes[:, 0].tolist() == [18.0, 9.0]  # rows travel with their scores
-    assert len(select(dets, None)) == 4 and len(select(dets, 0.0, max_boxes=1)) == 1
+    assert kept.scores.tolist() == [np.float32(0.3), np.float32(0.9)]  # the detector's order
+    assert kept.boxes[:, 0].tolist() == [9.0, 18.0]  # rows travel with their scores
+    assert kept.labels.tolist() == [1, 0]
+    assert select(dets, None) is dets
+    best = select(dets, 0.0, max_boxes=2)
+    assert best.scores.tolist() == [np.float32(0.9), np.float32(0.3)]
     tiny = get_preset("tiny")
     assert report_threshold(tiny, None, False) == tiny.model.head.report_threshold
     assert report_threshold(tiny, 0.5, False) == 0.5 and report_threshold(tiny, 0.5, True) is None

@@ -30,11 +30,13 @@ def report_threshold(preset: Preset, score_threshold: float | None, keep_all: bo
 
 def select(detections: Detections, threshold: float | None,
            max_boxes: int | None = None) -> Detections:
-    """The detections scoring at least ``threshold`` (all with ``None``), best first, at most
-    ``max_boxes`` of them."""
+    """The detections scoring at least ``threshold`` (all with ``None``), in the detector's
+    order; with ``max_boxes``, the best ``max_boxes`` of them, best first."""
     keep = detections if threshold is None else detections.filter(detections.scores >= threshold)
+    if max_boxes is None:
+        return keep
     keep = keep.sorted()
-    return keep if max_boxes is None else keep.filter(np.arange(len(keep)) < max_boxes)
+    return keep.filter(np.arange(len(keep)) < max_boxes)
 
 
 class Selected:
