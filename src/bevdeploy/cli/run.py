@@ -15,8 +15,9 @@ import typer
 
 from bevdeploy.cli._app import console, command, err_console, finish, warn
 from bevdeploy.cli._options import (BackendOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
-                                    GpuConfigOpt, LimitOpt, PackageOpt, PresetOpt, ScheduleOpt,
-                                    SplitOpt, ThreadsOpt, VersionOpt)
+                                    GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
+                                    ScheduleOpt, ScoreThresholdOpt, SplitOpt, ThreadsOpt,
+                                    VersionOpt)
 from bevdeploy.frame_loop import OnError
 
 
@@ -68,7 +69,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           threads: ThreadsOpt = None,
           render: bool = typer.Option(False, help="Write a BEV and a camera PNG per frame to "
                                       "OUT/render."),
-          render_threshold: float = typer.Option(0.3, help="Draw boxes scoring at least this."),
+          score_threshold: ScoreThresholdOpt = None,
+          keep_all: KeepAllOpt = False,
           fp16_points: bool = typer.Option(False, help="torch backend: round points through "
                                            "float16 first, as the published numbers did."),
           seed: int = typer.Option(0, help="torch backend: seed of the initial weights when no "
@@ -91,6 +93,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
     from bevdeploy.sinks import DetectionsJson, Renders, StageTimings, Submission
+    from bevdeploy.sinks.threshold import BoxCount, Selected, report_threshold
     from bevdeploy.viz import view_extent
 
     camera_files = [*(images or []), *(more_images or [])]
@@ -118,12 +121,16 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     else:
         source = DatasetSource(data, p, version=version, split=split, limit=limit)
     timings = StageTimings()
-    sinks: list[Any] = [Renders(out / "render", extent=view_extent(p),
-                                score_threshold=render_threshold)] if render else []
-    sinks += [DetectionsJson(out / "detections.json",
-                             {"preset": p.name, "backend": options.backend,
-                              "package": None if package is None else str(package)}), timings]
-    if source.global_poses:
+    threshold = report_threshold(p, score_threshold, keep_all)
+    counted = BoxCount()
+    reported: list[Any] = [Renders(out / "render", extent=view_extent(p),
+                                   score_threshold=threshold)] if render else []
+    reported += [DetectionsJson(out / "detections.json",
+                                {"preset": p.name, "backend": options.backend,
+                                 "package": None if package is None else str(package),
+                                 "score_threshold": threshold}), counted]
+    sinks: list[Any] = [Selected(threshold, reported), timings]
+    if source.global_poses:  # every proposal: nuScenes' mAP integrates the whole score range
         sinks.append(Submission(out / "results_nusc.json"))
     with detector.open(pkg if pkg is not None else p, backend=options.backend,
                        checkpoint=checkpoint, threads=threads, gpu_config=options.gpu_config,
@@ -134,6 +141,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                    description=f"{options.backend} inference")
     if timings.frames:
         console.print(f"{loop.done} frame(s); median ms: {timings.line()}")
+    console.print(f"{counted.line(threshold)} in detections.json"
+                  + (" and the pictures" if render else ""), highlight=False)
     console.print(f"{loop.summary()}; wrote " + ", ".join(str(w) for w in written),
                   highlight=False, soft_wrap=True)
     finish(loop)
