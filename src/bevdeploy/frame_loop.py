@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,6 +30,7 @@ from rich.progress import track
 from bevdeploy.errors import INTERRUPTED_EXIT, PARTIAL_EXIT, BevDeployError
 
 if TYPE_CHECKING:
+    from bevdeploy.data.frame import Detections, Frame
     from bevdeploy.data.sources import FrameSource
     from bevdeploy.detector import Detector
     from bevdeploy.sinks import Sink
@@ -197,7 +198,20 @@ class FrameLoop:
             self.console.print(text, highlight=False, soft_wrap=True)
 
 
-def run_frames(source: FrameSource, detector: Detector, sinks: Sequence[Sink], *,
+@runtime_checkable
+class FramePool(Protocol):
+    """Frames run by workers elsewhere (``bevdeploy.distributed.RayDetectorPool``), given to
+    ``run_frames`` in place of a detector: ``result(index)`` waits for frame ``index`` and
+    returns the frame as the sinks need it, its detections and stage times, or raises that
+    frame's ``BevDeployError``; ``record()`` is what the pool adds to the run record (workers,
+    retries). The loop, its policy and the sinks stay the same as in one process."""
+
+    def result(self, index: int) -> tuple[Frame, Detections, Mapping[str, float]]: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
+def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Sequence[Sink], *,
                on_error: OnError = OnError.stop, console: Console | None = None,
                description: str = "frames") -> tuple[FrameLoop, list[Path]]:
     """The flow of every multi-frame command: each frame of ``source`` loaded, run through
@@ -207,12 +221,18 @@ def run_frames(source: FrameSource, detector: Detector, sinks: Sequence[Sink], *
     loop = FrameLoop(len(source), on_error, label=source.label, console=console,
                      description=description)
 
+    pool = detector if isinstance(detector, FramePool) else None
+
     def one_frame(index: int) -> None:
-        frame = source[index]
-        detections = detector(frame)
+        if pool is not None:  # run elsewhere (bevdeploy.distributed), handed back in order
+            frame, detections, timings = pool.result(index)
+        else:
+            frame = source[index]
+            detections = detector(frame)
+            timings = detector.last_timings
         for sink in sinks:
-            sink.write(frame, detections, detector.last_timings)
+            sink.write(frame, detections, timings)
 
     loop.run(one_frame)
-    record = loop.to_dict()
+    record = {**loop.to_dict(), **(pool.record() if pool is not None else {})}
     return loop, [path for sink in sinks for path in sink.close(record)]

@@ -56,6 +56,17 @@ ScoreThresholdOpt = Annotated[Optional[float], typer.Option(
 KeepAllOpt = Annotated[bool, typer.Option(
     "--keep-all", help="Report every proposal of the decode (raw, down to scores near 0).")]
 
+# ---- a Ray cluster (cli/_distributed.py, bevdeploy.distributed; the [ray] extra)
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", help="Run the frames on a Ray cluster: local (start one on this machine), auto "
+                  "(the cluster this machine belongs to) or HOST:PORT (the head from `ray start "
+                  "--head`). The package and dataset paths must be readable on every node.")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="--ray: worker actors, each opening the "
+                                                     "detector once.")]
+CpusPerWorkerOpt = Annotated[float, typer.Option(help="--ray: CPUs each worker reserves (its "
+                                                      "runtime threads unless --threads).")]
+GpusPerWorkerOpt = Annotated[float, typer.Option(help="--ray: GPUs each worker reserves.")]
+
 # ---- outputs
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON "
                                                                 "(atomically).")]

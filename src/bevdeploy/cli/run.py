@@ -13,11 +13,13 @@ from typing import Any, Optional
 
 import typer
 
+from bevdeploy.cli._distributed import open_detector, ray_options
 from bevdeploy.cli._app import console, command, err_console, finish, warn
 from bevdeploy.cli._options import (BackendOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
                                     GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
                                     ScheduleOpt, ScoreThresholdOpt, SplitOpt, ThreadsOpt,
                                     VersionOpt)
+from bevdeploy.cli._options import CpusPerWorkerOpt, GpusPerWorkerOpt, RayOpt, WorkersOpt
 from bevdeploy.frame_loop import OnError
 
 
@@ -77,7 +79,11 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                    "checkpoint exists."),
           gpu_config: GpuConfigOpt = None,
           schedule: ScheduleOpt = "sequential",
-          on_error: ErrorPolicyOpt = OnError.stop) -> None:
+          on_error: ErrorPolicyOpt = OnError.stop,
+          ray: RayOpt = None,
+          workers: WorkersOpt = 2,
+          cpus_per_worker: CpusPerWorkerOpt = 1.0,
+          gpus_per_worker: GpusPerWorkerOpt = 0.0) -> None:
     """Detect objects in every frame of a dataset split (--data) or in one frame given as files
     (--pcd, --images, --calib); write detections (bevdeploy convention) and, for a dataset, a
     nuScenes submission (global frame), atomically.
@@ -107,6 +113,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     if single and (pcd is None or not camera_files or calib is None):
         raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
                           field="--pcd")
+    cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
     check_output_dir(out)  # before hours of frames, not after
     options = detector.check_options(package=package is not None, backend=backend,
                                      schedule=schedule, gpu_config=gpu_config)
@@ -132,9 +139,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     sinks: list[Any] = [Selected(threshold, reported), timings]
     if source.global_poses:  # every proposal: nuScenes' mAP integrates the whole score range
         sinks.append(Submission(out / "results_nusc.json"))
-    with detector.open(pkg if pkg is not None else p, backend=options.backend,
-                       checkpoint=checkpoint, threads=threads, gpu_config=options.gpu_config,
-                       schedule=options.schedule, seed=seed, fp16_points=fp16_points) as model:
+    with open_detector(pkg if pkg is not None else p, cluster, source, keep_sensors=render,
+                       backend=options.backend, checkpoint=checkpoint, threads=threads,
+                       gpu_config=options.gpu_config, schedule=options.schedule, seed=seed,
+                       fp16_points=fp16_points) as model:
         _say_weights(model)
         loop, written = run_frames(source, model, sinks, on_error=on_error,
                                    console=err_console,
@@ -162,7 +170,11 @@ def eval_cmd(data: DataOpt,
              threads: ThreadsOpt = None,
              gpu_config: GpuConfigOpt = None,
              schedule: ScheduleOpt = "sequential",
-             on_error: ErrorPolicyOpt = OnError.stop) -> None:
+             on_error: ErrorPolicyOpt = OnError.stop,
+             ray: RayOpt = None,
+             workers: WorkersOpt = 2,
+             cpus_per_worker: CpusPerWorkerOpt = 1.0,
+             gpus_per_worker: GpusPerWorkerOpt = 0.0) -> None:
     """mAP, NDS, TP errors and per-class AP through nuscenes-devkit's DetectionEval, for the
     reference or a deployed package, on real nuScenes or the synthetic world. A metric covers
     the whole run or nothing: a stopped or interrupted run writes no metrics; with --limit the
@@ -175,6 +187,7 @@ def eval_cmd(data: DataOpt,
     from bevdeploy.presets import get_preset
     from bevdeploy.sinks import Metrics
 
+    cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
     check_output_dir(out)
     options = detector.check_options(package=package is not None, backend=backend,
                                      schedule=schedule, gpu_config=gpu_config)
@@ -183,9 +196,10 @@ def eval_cmd(data: DataOpt,
     source = DatasetSource(data, p, version=version, split=split,  # opens before the model
                            limit=limit)
     metrics = Metrics(data, out, version=version, split=split)
-    with detector.open(pkg if pkg is not None else p, backend=options.backend,
-                       checkpoint=checkpoint, threads=threads, gpu_config=options.gpu_config,
-                       schedule=options.schedule, random_ok=False) as model:
+    with open_detector(pkg if pkg is not None else p, cluster, source,
+                       backend=options.backend, checkpoint=checkpoint, threads=threads,
+                       gpu_config=options.gpu_config, schedule=options.schedule,
+                       random_ok=False) as model:
         _say_weights(model)
         loop, written = run_frames(source, model, [metrics], on_error=on_error,
                                    console=err_console,
