@@ -32,6 +32,7 @@ import json
 import pickle
 import re
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 from bevdeploy.io import atomic_file
 from bevdeploy import __version__
 from bevdeploy.errors import CheckpointError, UnsafeFileError, os_reason
+from bevdeploy.model.rig_transfer import derived_difference, rig_warning
 
 SPCONV2_LAYOUT = "spconv2"  # (O, kx, ky, kz, I)
 SPCONV1_LAYOUT = "spconv1"  # (kx, ky, kz, I, O)
@@ -54,8 +56,9 @@ FORMAT_MIT = "mit"
 FORMAT_MMDET3D = "mmdet3d-1.x"
 
 # Geometry constants that the state dict carries but the preset defines
-# (docs/reference.md#checkpoint-layout): the deploy runtime recomputes them from the preset, so a
-# checkpoint that disagrees means a wrong preset.
+# (docs/reference.md#checkpoint-layout): derived from the image size, depth bins and BEV grid,
+# never learned, so they are rebuilt from the target preset and never loaded (weights move to
+# another rig; model/rig_transfer.py says what changed).
 _GEOMETRY_SUFFIXES = (".vtransform.frustum", ".vtransform.dx", ".vtransform.bx", ".vtransform.nx")
 
 
@@ -91,6 +94,10 @@ METADATA_GLOBALS: tuple[str, ...] = (
     "numpy.ndarray", "numpy.dtype",
     *(f"numpy.dtypes.{name}" for name in _NUMPY_DTYPES),
 )
+
+
+class RigChangeWarning(UserWarning):
+    """A checkpoint was loaded into a rig other than the one it was trained for."""
 
 
 @dataclass
@@ -292,15 +299,14 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # model keys the file lacks
     unexpected: list[str] = field(default_factory=list)  # file keys with no home in the model
     shape_mismatch: list[tuple[str, str, str]] = field(default_factory=list)  # key, file, model
-    value_mismatch: list[tuple[str, str]] = field(default_factory=list)  # key, how it differs
+    rebuilt: list[tuple[str, str]] = field(default_factory=list)  # derived key, how it differs
     ambiguous: list[str] = field(default_factory=list)  # sparse weights of undecidable layout
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when every model key was loaded and nothing in the file was left over."""
-        return not (self.missing or self.unexpected or self.shape_mismatch
-                    or self.value_mismatch or self.ambiguous)
+        return not (self.missing or self.unexpected or self.shape_mismatch or self.ambiguous)
 
     def summary(self) -> str:
         """One line: the counts and whether the load is clean."""
@@ -320,7 +326,7 @@ class LoadReport:
             ("missing", [(k, "-", "") for k in self.missing]),
             ("unexpected", [(k, "", "-") for k in self.unexpected]),
             ("shape", self.shape_mismatch),
-            ("value", [(k, how, "preset value kept") for k, how in self.value_mismatch]),
+            ("rebuilt", [(k, how, "rebuilt from the preset") for k, how in self.rebuilt]),
             ("ambiguous layout", [(k, "cube-shaped sparse weight", "no layout declared")
                                   for k in self.ambiguous]),
         ]
@@ -352,14 +358,6 @@ def _classes_in_meta(meta: dict[str, Any]) -> tuple[str, ...] | None:
     if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
         return tuple(classes)
     return None
-
-
-def _geometry_difference(value: Tensor, current: Tensor) -> str | None:
-    """How a checkpoint geometry constant differs from the preset's, or None if it agrees."""
-    if torch.allclose(value.double(), current.double(), rtol=1e-5, atol=1e-4):
-        return None
-    diff = (value.double() - current.double()).abs().max().item()
-    return f"max |Δ| = {diff:.4g}"
 
 
 def _same_kind(a: torch.dtype, b: torch.dtype) -> bool:
@@ -403,7 +401,8 @@ def _rename(state: dict[str, Tensor], fmt: str, report: LoadReport
 def _match(renamed: dict[str, Tensor], origin: dict[str, str], model: nn.Module,
            declared: str | None, report: LoadReport) -> dict[str, Tensor]:
     """The tensors that fit ``model``: sparse weights brought to spconv-2.x, shapes and dtype
-    kinds checked, geometry constants compared; everything else is recorded in ``report``."""
+    kinds checked; geometry constants never loaded (the preset's rebuilt ones stay) but compared
+    into ``report.rebuilt``; everything else is recorded in ``report``."""
     target = model.state_dict()
     sparse = sparse_weight_keys(model)
     accepted: dict[str, Tensor] = {}
@@ -418,15 +417,15 @@ def _match(renamed: dict[str, Tensor], origin: dict[str, str], model: nn.Module,
             elif converted:
                 report.converted.append(name)
         current = target[name]
+        if name.endswith(_GEOMETRY_SUFFIXES):  # derived: the model keeps the preset's
+            difference = derived_difference(value, current)
+            if difference is not None:
+                report.rebuilt.append((name, difference))
+            continue
         if value.shape != current.shape or not _same_kind(value.dtype, current.dtype):
             report.shape_mismatch.append((name, f"{_shape(value)} {value.dtype}",
                                           f"{_shape(current)} {current.dtype}"))
             continue
-        if name.endswith(_GEOMETRY_SUFFIXES):
-            difference = _geometry_difference(value, current)
-            if difference is not None:
-                report.value_mismatch.append((name, difference))
-                continue
         accepted[name] = value
     report.missing = [k for k in target if k not in renamed]
     return accepted
@@ -456,10 +455,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     """Load a mit / CUDA-BEVFusion / mmdetection3d-1.x / bevdeploy checkpoint into ``model``.
 
     Keys are renamed from mmdetection3d names when needed, sparse-conv weights converted to
-    the spconv-2.x layout, and geometry constants (frustum, dx, bx, nx) checked against the
-    preset's: the deploy runtime recomputes them from the preset, so a disagreement means the
-    wrong preset and the preset's values are kept. With ``strict`` any missing, unexpected,
-    mis-shaped, disagreeing or layout-ambiguous key raises ``CheckpointError`` (carrying the
+    the spconv-2.x layout, and geometry constants (frustum, dx, bx, nx) never loaded: they derive
+    from the preset, which rebuilds them, so weights move to another rig (camera count, image
+    size, BEV range) whenever the learned shapes fit, with one ``RigChangeWarning`` (also a
+    report note) saying what changed. With ``strict`` any missing, unexpected,
+    mis-shaped or layout-ambiguous key raises ``CheckpointError`` (carrying the
     report table) before the model is touched; otherwise every key that fits is loaded and
     the report says what was not.
     """
@@ -470,6 +470,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     renamed, origin = _rename(ckpt.state_dict, report.source_format, report)
     accepted = _match(renamed, origin, model, declared, report)
     _annotate(report, ckpt.meta, model, renamed)
+    preset = getattr(model, "preset", None)
+    moved = None if preset is None else rig_warning(ckpt.meta, preset, report.rebuilt)
+    if moved is not None:
+        report.notes.append(moved)
+        warnings.warn(moved, RigChangeWarning, stacklevel=2)
     if strict and not report.ok:
         raise CheckpointError(f"does not fit the model:\n{report}", path=ckpt.path,
                               field="state_dict")
