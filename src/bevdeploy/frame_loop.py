@@ -217,7 +217,12 @@ def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Seque
     """The flow of every multi-frame command: each frame of ``source`` loaded, run through
     ``detector`` and handed to every sink, under ``on_error``; then every sink closed with the
     run record, whatever ended the run (so the finished frames are written), and the loop and
-    the paths written returned. The caller ends the command with ``loop.raise_if_ended()``."""
+    the paths written returned. The caller ends the command with ``loop.raise_if_ended()``.
+    A streaming source (``data.streams.FrameStream``, e.g. a ROS 2 bag) is read in order."""
+    from bevdeploy.data.streams import FrameStream, InOrder
+
+    if isinstance(source, FrameStream):
+        source = InOrder(source)
     loop = FrameLoop(len(source), on_error, label=source.label, console=console,
                      description=description)
 

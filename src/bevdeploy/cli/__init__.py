@@ -7,6 +7,7 @@ the tools of ``export``, ``optimize``, ``eval`` and ``bench``).
 ``_options``  the options several commands share, declared once
 ``data``      synth, demo
 ``run``       infer, eval
+``bag``       bag info (and the bag glue of infer, eval, synth)
 ``rig``       rig from-nuscenes, from-info, check
 ``package``   export, optimize, build, inspect
 ``evidence``  compare, train
@@ -18,7 +19,7 @@ the tools of ``export``, ``optimize``, ``eval`` and ``bench``).
 from bevdeploy.cli._app import app
 
 # Importing a command module registers its commands; this order is the order of ``--help``.
-from bevdeploy.cli import data, run, rig, package, evidence, bench, system  # noqa: E402,F401  # isort: skip
+from bevdeploy.cli import data, run, bag, rig, package, evidence, bench, system  # noqa: E402,F401  # isort: skip
 
 __all__ = ["app", "main"]
 

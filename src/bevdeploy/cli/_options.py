@@ -67,6 +67,15 @@ CpusPerWorkerOpt = Annotated[float, typer.Option(help="--ray: CPUs each worker r
                                                       "runtime threads unless --threads).")]
 GpusPerWorkerOpt = Annotated[float, typer.Option(help="--ray: GPUs each worker reserves.")]
 
+# ---- ROS 2 bags (cli/bag.py, data/bags)
+BagOpt = Annotated[Optional[Path], typer.Option(
+    help="A ROS 2 bag (.mcap, or its directory): every LiDAR sweep is a frame.")]
+TopicsOpt = Annotated[Optional[Path], typer.Option(
+    help="Topic map YAML of the bag (topic → LiDAR / camera); detected when omitted, see "
+         "`bevdeploy bag info`.")]
+SyncSlopOpt = Annotated[float, typer.Option(
+    help="Seconds: each camera's nearest image must be this close to the LiDAR sweep.")]
+
 # ---- outputs
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON "
                                                                 "(atomically).")]

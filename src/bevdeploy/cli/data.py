@@ -41,14 +41,28 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to create (writ
           samples: int = typer.Option(10, help="Key frames per scene (2 Hz)."),
           seed: int = typer.Option(0, help="Random seed; the same seed writes the same bytes."),
           density: float = typer.Option(1.0, help="LiDAR azimuth density (1.0 ≈ 30k points/sweep)."),
-          overwrite: bool = typer.Option(False, help="Replace an existing directory.")) -> None:
+          overwrite: bool = typer.Option(False, help="Replace an existing directory."),
+          bag: Optional[Path] = typer.Option(None, help="Also write the world as a ROS 2 bag "
+                                             "(.mcap); the dataset at --out is its ground "
+                                             "truth (`eval --bag BAG --data OUT`).")) -> None:
     """Write a synthetic world as a nuScenes-format dataset (v1.0-mini tables and files)."""
     from bevdeploy.data.synthetic import write_world
 
+    if bag is not None and bag.exists() and not overwrite:  # before minutes of simulation
+        from bevdeploy.errors import OutputError
+
+        raise OutputError("already exists; pass --overwrite to replace it", path=bag,
+                          field="--bag")
     t0 = time.perf_counter()
     root = write_world(out, scenes=scenes, samples=samples, seed=seed, density=density,
                        overwrite=overwrite)
     console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
+    if bag is not None:
+        from bevdeploy.data.synthetic.bag import write_bag
+
+        t0 = time.perf_counter()
+        write_bag(root, bag, overwrite=overwrite)
+        console.print(f"wrote {bag} in {time.perf_counter() - t0:.1f} s")
     _print_summary(root)
 
 

@@ -15,10 +15,10 @@ import typer
 
 from bevdeploy.cli._distributed import open_detector, ray_options
 from bevdeploy.cli._app import console, command, err_console, finish, warn
-from bevdeploy.cli._options import (BackendOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
+from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
                                     GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
-                                    ScheduleOpt, ScoreThresholdOpt, SplitOpt, ThreadsOpt,
-                                    VersionOpt)
+                                    ScheduleOpt, ScoreThresholdOpt, SplitOpt, SyncSlopOpt,
+                                    ThreadsOpt, TopicsOpt, VersionOpt)
 from bevdeploy.cli._options import CpusPerWorkerOpt, GpusPerWorkerOpt, RayOpt, WorkersOpt
 from bevdeploy.frame_loop import OnError
 
@@ -64,6 +64,12 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                                              show_default=False),
           calib: Optional[Path] = typer.Option(None, help="Calibration YAML of the rig (README "
                                                "'Rig files'; write one with `bevdeploy rig`)."),
+          bag: BagOpt = None,
+          topics: TopicsOpt = None,
+          sync_slop: SyncSlopOpt = 0.05,
+          bag_out: Optional[Path] = typer.Option(None, help="With --bag: also write the "
+                                                 "detections as foxglove.SceneUpdate into this "
+                                                 ".mcap, the input bag copied beside them."),
           backend: BackendOpt = None,
           preset: PresetOpt = "tiny",
           checkpoint: CheckpointOpt = None,
@@ -107,9 +113,12 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         raise ConfigError(f"unexpected argument(s) {[str(f) for f in more_images]}; camera images "
                           "follow --images", field="--images")
     single = pcd is not None or bool(camera_files) or calib is not None
-    if (data is None) == (not single):
-        raise ConfigError("give either --data (a dataset) or --pcd, --images and --calib (one "
-                          "frame)", field="--data")
+    if (data is not None) + single + (bag is not None) != 1:
+        raise ConfigError("give one of --data (a dataset), --bag (a ROS 2 bag) or --pcd, "
+                          "--images and --calib (one frame)", field="--data")
+    if bag_out is not None and bag is None:
+        raise ConfigError("--bag-out writes the detections beside an input bag: give --bag",
+                          field="--bag-out")
     if single and (pcd is None or not camera_files or calib is None):
         raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
                           field="--pcd")
@@ -125,6 +134,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                             intensity_scale=intensity_scale), p)
         for note in source.notes:
             warn(note)
+    elif bag is not None:
+        from bevdeploy.cli.bag import open_bag
+
+        source = open_bag(bag, p, topics=topics, slop=sync_slop)
     else:
         source = DatasetSource(data, p, version=version, split=split, limit=limit)
     timings = StageTimings()
@@ -136,6 +149,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                 {"preset": p.name, "backend": options.backend,
                                  "package": None if package is None else str(package),
                                  "score_threshold": threshold}), counted]
+    if bag_out is not None:
+        from bevdeploy.cli.bag import scene_sink
+
+        reported.append(scene_sink(bag_out, source))
     sinks: list[Any] = [Selected(threshold, reported), timings]
     if source.global_poses:  # every proposal: nuScenes' mAP integrates the whole score range
         sinks.append(Submission(out / "results_nusc.json"))
@@ -167,6 +184,9 @@ def eval_cmd(data: DataOpt,
              version: VersionOpt = "v1.0-mini",
              split: SplitOpt = "mini_val",
              limit: LimitOpt = None,
+             bag: BagOpt = None,
+             topics: TopicsOpt = None,
+             sync_slop: SyncSlopOpt = 0.05,
              threads: ThreadsOpt = None,
              gpu_config: GpuConfigOpt = None,
              schedule: ScheduleOpt = "sequential",
@@ -193,8 +213,18 @@ def eval_cmd(data: DataOpt,
                                      schedule=schedule, gpu_config=gpu_config)
     pkg = load_package(package) if package is not None else None
     p = pkg.preset if pkg is not None else get_preset(preset)
-    source = DatasetSource(data, p, version=version, split=split,  # opens before the model
-                           limit=limit)
+    if bag is not None:  # the bag's sweeps stamped as samples of the split, scored on --data
+        from bevdeploy.cli.bag import dataset_keys, open_bag
+        from bevdeploy.errors import ConfigError
+
+        if limit is not None:
+            raise ConfigError("--limit selects dataset samples; a bag runs every sample it "
+                              "holds", field="--limit")
+        source: Any = open_bag(bag, p, topics=topics, slop=sync_slop,
+                               keys=dataset_keys(data, p, version=version, split=split))
+    else:
+        source = DatasetSource(data, p, version=version, split=split,  # before the model
+                               limit=limit)
     metrics = Metrics(data, out, version=version, split=split)
     with open_detector(pkg if pkg is not None else p, cluster, source,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,
