@@ -49,7 +49,9 @@ def test_manifest_records_the_convention_and_the_load_report(mmdet3d_package,
     report = manifest.checkpoint_report
     assert report["source_format"] == "mmdet3d-1.x" and report["ok"]
     assert report["missing"] == [] and report["unexpected"] == []
-    assert report["renamed"] == report["loaded"] > 0
+    assert report["renamed"] >= report["loaded"] > 0  # every key renamed (derived buffers
+    # are renamed but rebuilt from the preset, not loaded)
+    assert report["path"] == "bevfusion_mm3d.pth"  # the file's name, not this machine's path
     assert any("mmdet3d>=1.0 boxes" in note for note in report["notes"])
     mit = load_package(trained_tiny_package).manifest
     assert mit.box_convention == BOX_CONVENTION_MIT

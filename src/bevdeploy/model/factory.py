@@ -56,8 +56,10 @@ def checkpoint_box_convention(report: LoadReport | None) -> str:
 
 
 def report_record(report: LoadReport) -> dict[str, Any]:
-    """The load report as JSON-ready data (the manifest's ``checkpoint_report``)."""
-    return {**asdict(report), "ok": report.ok}
+    """The load report as JSON-ready data (the manifest's ``checkpoint_report``). The path is
+    reduced to the file name: a package must not depend on, or reveal, the exporting machine's
+    directories."""
+    return {**asdict(report), "path": Path(report.path).name, "ok": report.ok}
 
 
 def create_model(preset: Preset, checkpoint: str | Path | None = None, *,
