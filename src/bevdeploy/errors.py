@@ -25,16 +25,25 @@ code  meaning
 70    internal error: an exception that is not a ``BevDeployError`` (a bug; ``--debug``
       shows the traceback to report)
 130   interrupted (Ctrl-C / SIGINT); a multi-frame ``infer`` flushes what it finished
+143   terminated (SIGTERM: a scheduler or ``kill``), handled like Ctrl-C
 ====  ==============================================================================
 """
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 
 PARTIAL_EXIT = 8
 INTERNAL_EXIT = 70  # sysexits.h EX_SOFTWARE
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+TERMINATED_EXIT = 143  # ... and by SIGTERM (128 + 15)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler. A ``KeyboardInterrupt``, so
+    every path that ends a run cleanly on Ctrl-C (the frame loop flushing the finished frames)
+    does the same for a scheduler's or ``kill``'s stop; only the status and exit code differ."""
 
 
 class BevDeployError(Exception):
@@ -96,6 +105,28 @@ class OutputError(BevDeployError):
     exit_code = 9
 
 
+MAX_QUOTE = 200  # characters of a value an error message quotes
+
+
+def excerpt(value: object, limit: int = MAX_QUOTE) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, computed without expanding the whole
+    value: an alias- or reference-sharing bomb (a few bytes standing for billions of elements)
+    must give a short message in microseconds, not a gigabyte string (``reprlib`` stops after
+    the first elements of each container and a few levels of nesting)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({type(value).__name__})"
+
+
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 8, 8, 8, 8
+    r.maxstring, r.maxother, r.maxlong = MAX_QUOTE, MAX_QUOTE, 40
+    return r
+
+
+_REPR = _short_repr()
+
+
 def os_reason(exc: OSError) -> str:
     """The human part of an ``OSError`` ("Permission denied"), without the repeated path."""
     return exc.strerror or str(exc) or type(exc).__name__
@@ -105,8 +136,8 @@ EXIT_CODE_HELP = (
     "Exit codes: 0 success; 1 compare: a stage out of tolerance; 2 configuration or usage; "
     "3 input (points, images, calibration); 4 dataset; 5 unsafe file refused; 6 package; "
     f"7 checkpoint; {PARTIAL_EXIT} partial run (--on-error skip skipped frames); 9 output not "
-    f"writable; {INTERNAL_EXIT} internal error (a bug); {INTERRUPTED_EXIT} interrupted (Ctrl-C). "
-    "--debug shows the traceback.")
+    f"writable; {INTERNAL_EXIT} internal error (a bug); {INTERRUPTED_EXIT} interrupted (Ctrl-C); "
+    f"{TERMINATED_EXIT} terminated (SIGTERM). --debug shows the traceback.")
 
 EXIT_CODES: dict[type[BevDeployError], int] = {
     cls: cls.exit_code

@@ -10,7 +10,8 @@ the command then exits with ``PARTIAL_EXIT``. Only a ``BevDeployError`` (a bad i
 file) is a per-frame failure: anything else is a bug and ends the run.
 
 Ctrl-C ends the loop between or inside frames; the frames finished so far stay recorded, so
-the command can flush them before exiting with ``INTERRUPTED_EXIT``.
+the command can flush them before exiting with ``INTERRUPTED_EXIT``. SIGTERM (``Terminated``,
+raised by the CLI's handler) does the same, recorded as ``terminated``, exit ``TERMINATED_EXIT``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import track
 
-from bevdeploy.errors import INTERRUPTED_EXIT, PARTIAL_EXIT, BevDeployError
+from bevdeploy.errors import (INTERRUPTED_EXIT, PARTIAL_EXIT, TERMINATED_EXIT, BevDeployError,
+                              Terminated)
 
 if TYPE_CHECKING:
     from bevdeploy.data.frame import Detections, Frame
@@ -79,6 +81,7 @@ class FrameLoop:
         self.failures: list[FrameFailure] = []
         self.stopped: FrameFailure | None = None
         self.interrupted = False
+        self.terminated = False  # the interrupt was SIGTERM (``errors.Terminated``)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -115,8 +118,8 @@ class FrameLoop:
                 self._say(f"[yellow]skipped[/yellow] {escape(self._where(index))}: "
                           f"({type(exc).__name__}) {escape(str(exc))}")
             return False, None
-        except KeyboardInterrupt:
-            self.interrupted = True
+        except KeyboardInterrupt as exc:
+            self._interrupt(exc)
             return False, None
         self.done += 1
         if not self._interactive:
@@ -130,8 +133,8 @@ class FrameLoop:
         try:
             for index in self:
                 self.attempt(index, lambda: work(index))
-        except KeyboardInterrupt:
-            self.interrupted = True
+        except KeyboardInterrupt as exc:
+            self._interrupt(exc)
 
     def results(self, work: Callable[[int], T]) -> Iterator[T]:
         """``work(index)`` of every frame that succeeds; at the end, re-raise what ended the
@@ -143,20 +146,26 @@ class FrameLoop:
                 yield result  # type: ignore[misc]
         self.raise_if_ended()
 
+    def _interrupt(self, exc: KeyboardInterrupt) -> None:
+        self.interrupted = True
+        self.terminated = self.terminated or isinstance(exc, Terminated)
+
     def raise_if_ended(self) -> None:
-        """Re-raise the error that stopped the run, or ``KeyboardInterrupt``."""
+        """Re-raise the error that stopped the run, ``Terminated`` (SIGTERM) or
+        ``KeyboardInterrupt``."""
         if self.stopped is not None:
             raise self.stopped.error
         if self.interrupted:
-            raise KeyboardInterrupt
+            raise Terminated() if self.terminated else KeyboardInterrupt
 
     # ---- reporting -----------------------------------------------------------------------
 
     @property
     def status(self) -> str:
-        """``complete``, ``partial`` (frames skipped), ``stopped`` or ``interrupted``."""
+        """``complete``, ``partial`` (frames skipped), ``stopped``, ``interrupted`` (Ctrl-C) or
+        ``terminated`` (SIGTERM)."""
         if self.interrupted:
-            return "interrupted"
+            return "terminated" if self.terminated else "interrupted"
         if self.stopped is not None:
             return "stopped"
         return "partial" if self.failures else "complete"
@@ -165,7 +174,7 @@ class FrameLoop:
     def exit_code(self) -> int:
         """0, ``PARTIAL_EXIT``, the stopping error's code, or ``INTERRUPTED_EXIT``."""
         if self.interrupted:
-            return INTERRUPTED_EXIT
+            return TERMINATED_EXIT if self.terminated else INTERRUPTED_EXIT
         if self.stopped is not None:
             return self.stopped.error.exit_code
         return PARTIAL_EXIT if self.failures else 0
@@ -187,7 +196,7 @@ class FrameLoop:
         if self.stopped is not None:
             line += f", stopped at {self._where(self.stopped.index)}"
         if self.interrupted:
-            line += ", interrupted (Ctrl-C)"
+            line += ", terminated (SIGTERM)" if self.terminated else ", interrupted (Ctrl-C)"
         return line
 
     def _where(self, index: int) -> str:

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import FileLock, Timeout
 
 from bevdeploy.errors import OutputError, os_reason
 
@@ -121,3 +126,94 @@ def replace_dir(staging: str | Path, out: str | Path) -> None:
     except OSError as exc:
         raise _cannot_write(out, exc) from None
     shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- output directories
+
+
+class OutputDir:
+    """One writer per output directory, replaced whole: the rule of every command that writes
+    a directory.
+
+    Opening it takes a lock beside ``out`` (``.<name>.lock``, held with ``filelock`` for the
+    life of the command and naming its holder, so a second process writing the same ``--out``
+    is refused with who holds it), refuses an existing non-empty ``out`` unless ``overwrite``
+    (the message names the CLI flag), and gives a fresh ``staging`` directory beside it.
+    ``commit`` swaps ``staging`` in for ``out`` atomically (no stale file of an earlier run
+    survives); ``close`` without a commit deletes the staging directory and leaves ``out`` as
+    it was. The lock file stays: removing it would let a waiting process lock a dead inode.
+    """
+
+    def __init__(self, out: str | Path, *, overwrite: bool, flag: str = "--overwrite") -> None:
+        self.out = Path(os.path.abspath(out))
+        check_output_dir(self.out)
+        output_dir(self.out.parent)
+        self._lock_path = self.out.parent / f".{self.out.name}.lock"
+        self._lock = FileLock(self._lock_path, timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise OutputError(f"another process is writing this output "
+                              f"({_holder(self._lock_path)}); wait for it or choose another "
+                              "--out", path=self.out, field="--out") from None
+        except OSError as exc:
+            raise _cannot_write(self._lock_path, exc) from None
+        self.staging: Path | None = None
+        try:
+            _write_holder(self._lock_path)
+            if _occupied(self.out) and not overwrite:
+                raise OutputError(f"already exists; pass {flag} to replace it", path=self.out,
+                                  field="--out")
+            self.staging = staging_dir(self.out)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def final(self, path: str | Path) -> Path:
+        """Where ``path``, if written under ``staging``, lies once committed."""
+        p = Path(path)
+        if self.staging is None or self.staging not in p.parents:
+            return p
+        return self.out / p.relative_to(self.staging)
+
+    def commit(self) -> Path:
+        """Replace ``out`` with the staging directory; returns ``out``."""
+        assert self.staging is not None, "committed twice"
+        replace_dir(self.staging, self.out)
+        self.staging = None
+        return self.out
+
+    def close(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        self._lock.release()
+
+    def __enter__(self) -> OutputDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _occupied(out: Path) -> bool:
+    """Whether ``out`` holds something an overwrite would delete (an empty folder does not)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return True
+    return out.is_dir() and any(out.iterdir())
+
+
+def _write_holder(lock_path: Path) -> None:
+    """Name this process in the lock file (filelock opens it without truncating)."""
+    text = (f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)[:200]}\n")
+    with open(lock_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        text = lock_path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"held by {text[:300]}" if text else "held by another process"

@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from bevdeploy.data.preprocess import img_aug_matrices
-from bevdeploy.errors import ConfigError, PackageError, os_reason
+from bevdeploy.errors import ConfigError, PackageError, excerpt, os_reason
+from bevdeploy.package_bounds import check_counts, check_memory, read_manifest
+from bevdeploy.package_files import check_external_data, check_regular_file
 from bevdeploy.presets import Preset
 from bevdeploy.vocabulary import (BOX_CONVENTION_MIT, BOX_CONVENTIONS, LEGACY_BOX_DIALECT,
                                   MODULE_FILES)
@@ -255,7 +257,7 @@ class Manifest:
             if difference is not None:
                 fld, want = difference
                 raise PackageError(f"disagrees with the embedded preset {preset.name!r} "
-                                   f"(expected {want!r})", path=source, field=fld)
+                                   f"(expected {excerpt(want)})", path=source, field=fld)
         modules_raw = _typed(d, "modules", dict, source, "<root>")
         missing = [m for m in MODULE_FILES if m not in modules_raw]
         if missing:
@@ -396,10 +398,7 @@ def verify_file(root: Path, entry: ModuleEntry) -> None:
     """Refuse a module file that is missing or does not match its manifest size and hash."""
     path = root / entry.file
     where = f"modules.{entry.name}"
-    if not path.is_file():
-        raise PackageError(f"file of module {entry.name!r} is missing", path=path,
-                           field=f"{where}.file")
-    size = path.stat().st_size
+    size = check_regular_file(path, f"{where}.file", f"file of module {entry.name!r}").st_size
     if size != entry.size:
         raise PackageError(f"size {size} B differs from the manifest's {entry.size} B: the file "
                            f"was truncated or replaced", path=path, field=f"{where}.size")
@@ -411,6 +410,7 @@ def verify_file(root: Path, entry: ModuleEntry) -> None:
     if digest != entry.sha256:
         raise PackageError(f"SHA-256 {digest} differs from the manifest's {entry.sha256}: the "
                            f"file was modified or corrupted", path=path, field=f"{where}.sha256")
+    check_external_data(root, path, f"{where}.file")
 
 
 def check_replaceable(out: Path) -> None:
@@ -435,7 +435,9 @@ def load_package(path: str | Path) -> DeployPackage:
         raise PackageError("not a package directory", path=root)
     manifest_path = root / MANIFEST_NAME
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"),
+        if manifest_path.is_symlink() or manifest_path.exists():  # no FIFO is opened
+            check_regular_file(manifest_path, "<root>", MANIFEST_NAME)
+        data = json.loads(read_manifest(manifest_path).decode("utf-8"),
                           parse_constant=_refuse_constant)
     except FileNotFoundError:
         raise PackageError(f"no {MANIFEST_NAME}: not a bevdeploy package (or an export that did "
@@ -444,7 +446,9 @@ def load_package(path: str | Path) -> DeployPackage:
         raise PackageError(f"cannot read: {os_reason(exc)}", path=manifest_path) from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise PackageError(f"not valid JSON: {exc}", path=manifest_path) from None
+    check_counts(data, manifest_path)
     manifest = Manifest.from_dict(data, source=manifest_path)
+    check_memory(manifest.preset, manifest_path)
     for entry in manifest.modules.values():
         verify_file(root, entry)
     return DeployPackage(root=root, manifest=manifest)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import typer
@@ -21,10 +26,11 @@ from typer.exceptions import TyperException
 
 from bevdeploy import __version__
 from bevdeploy.errors import (EXIT_CODE_HELP, INTERNAL_EXIT, INTERRUPTED_EXIT, PARTIAL_EXIT,
-                              BevDeployError)
+                              TERMINATED_EXIT, BevDeployError, Terminated)
 
 if TYPE_CHECKING:
     from bevdeploy.frame_loop import FrameLoop
+    from bevdeploy.io import OutputDir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EXIT_CODE_HELP,
                   help="BEVFusion from a PyTorch checkpoint to a fast, verified deployment.")
@@ -33,7 +39,7 @@ app.add_typer(presets_app, name="presets")
 
 console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False}
 
 
 def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,7 +48,9 @@ def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_raises(), ExitStack() as outputs:
+                _state["outputs"] = outputs
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, TyperException):
             raise  # typer's own exits and usage errors
         except BevDeployError as exc:
@@ -50,6 +58,11 @@ def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             _error_line(f"[red]error[/red] ({type(exc).__name__})", _with_notes(exc))
             raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            if _state["debug"]:
+                raise
+            _error_line("[red]terminated[/red]", "SIGTERM")
+            raise typer.Exit(TERMINATED_EXIT) from None
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise
@@ -63,6 +76,33 @@ def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                         "`bevdeploy --debug ...` for the traceback to report")
             raise typer.Exit(INTERNAL_EXIT) from None
     return wrapper
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` in the main thread while a command runs, so that it ends
+    like Ctrl-C (finished frames written, one line, exit 143) instead of dying mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def claim_output(out: Path, *, overwrite: bool) -> OutputDir:
+    """The command's output directory (``bevdeploy.io.OutputDir``: locked, refused when it
+    exists without ``--overwrite``, written in a staging directory that ``commit`` swaps in);
+    released, and the staging directory removed if never committed, when the command ends."""
+    from bevdeploy.io import OutputDir
+
+    return _state["outputs"].enter_context(OutputDir(out, overwrite=overwrite))
 
 
 def _with_notes(exc: BaseException) -> str:
@@ -90,8 +130,8 @@ def warn(text: str) -> None:
 
 
 def finish(loop: FrameLoop) -> None:
-    """End a multi-frame command with its outcome: re-raise what stopped it (the error, or
-    Ctrl-C: exit 130), or exit 8 when frames were skipped."""
+    """End a multi-frame command with its outcome: re-raise what stopped it (the error, Ctrl-C:
+    exit 130, SIGTERM: exit 143), or exit 8 when frames were skipped."""
     loop.raise_if_ended()
     if loop.failures:
         err_console.print(f"[yellow]partial[/yellow]: {len(loop.failures)} of {loop.total} "

@@ -79,3 +79,7 @@ SyncSlopOpt = Annotated[float, typer.Option(
 # ---- outputs
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON "
                                                                 "(atomically).")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an existing output directory (atomically: the new one is "
+                        "written beside it and swapped in; without this an existing one is "
+                        "refused).")]

@@ -14,11 +14,12 @@ from typing import Any, Optional
 import typer
 
 from bevdeploy.cli._distributed import open_detector, ray_options
-from bevdeploy.cli._app import console, command, err_console, finish, warn
+from bevdeploy.cli._app import claim_output, console, command, err_console, finish, warn
 from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
                                     GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
                                     ScheduleOpt, ScoreThresholdOpt, SplitOpt, SyncSlopOpt,
                                     ThreadsOpt, TopicsOpt, VersionOpt)
+from bevdeploy.cli._options import OverwriteOpt
 from bevdeploy.cli._options import CpusPerWorkerOpt, GpusPerWorkerOpt, RayOpt, WorkersOpt
 from bevdeploy.frame_loop import OnError
 
@@ -86,6 +87,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           gpu_config: GpuConfigOpt = None,
           schedule: ScheduleOpt = "sequential",
           on_error: ErrorPolicyOpt = OnError.stop,
+          overwrite: OverwriteOpt = False,
           ray: RayOpt = None,
           workers: WorkersOpt = 2,
           cpus_per_worker: CpusPerWorkerOpt = 1.0,
@@ -101,7 +103,6 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     from bevdeploy.data.sources import DatasetSource, FileSource, FrameFiles
     from bevdeploy.errors import ConfigError
     from bevdeploy.frame_loop import run_frames
-    from bevdeploy.io import check_output_dir
     from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
     from bevdeploy.sinks import DetectionsJson, Renders, StageTimings, Submission
@@ -123,7 +124,9 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
                           field="--pcd")
     cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
-    check_output_dir(out)  # before hours of frames, not after
+    target = claim_output(out, overwrite=overwrite)  # locked and checked before any frame
+    staging = target.staging
+    assert staging is not None
     options = detector.check_options(package=package is not None, backend=backend,
                                      schedule=schedule, gpu_config=gpu_config)
     pkg = load_package(package) if package is not None else None
@@ -143,9 +146,9 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     timings = StageTimings()
     threshold = report_threshold(p, score_threshold, keep_all)
     counted = BoxCount()
-    reported: list[Any] = [Renders(out / "render", extent=view_extent(p),
+    reported: list[Any] = [Renders(staging / "render", extent=view_extent(p),
                                    score_threshold=threshold)] if render else []
-    reported += [DetectionsJson(out / "detections.json",
+    reported += [DetectionsJson(staging / "detections.json",
                                 {"preset": p.name, "backend": options.backend,
                                  "package": None if package is None else str(package),
                                  "score_threshold": threshold}), counted]
@@ -155,7 +158,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         reported.append(scene_sink(bag_out, source))
     sinks: list[Any] = [Selected(threshold, reported), timings]
     if source.global_poses:  # every proposal: nuScenes' mAP integrates the whole score range
-        sinks.append(Submission(out / "results_nusc.json"))
+        sinks.append(Submission(staging / "results_nusc.json"))
     with open_detector(pkg if pkg is not None else p, cluster, source, keep_sensors=render,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,
                        gpu_config=options.gpu_config, schedule=options.schedule, seed=seed,
@@ -164,6 +167,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         loop, written = run_frames(source, model, sinks, on_error=on_error,
                                    console=err_console,
                                    description=f"{options.backend} inference")
+    written = [target.final(w) for w in written]
+    target.commit()  # the finished frames, whatever ended the run
     if timings.frames:
         console.print(f"{loop.done} frame(s); median ms: {timings.line()}")
     console.print(f"{counted.line(threshold)} in detections.json"
@@ -191,6 +196,7 @@ def eval_cmd(data: DataOpt,
              gpu_config: GpuConfigOpt = None,
              schedule: ScheduleOpt = "sequential",
              on_error: ErrorPolicyOpt = OnError.stop,
+             overwrite: OverwriteOpt = False,
              ray: RayOpt = None,
              workers: WorkersOpt = 2,
              cpus_per_worker: CpusPerWorkerOpt = 1.0,
@@ -202,13 +208,12 @@ def eval_cmd(data: DataOpt,
     from bevdeploy import detector
     from bevdeploy.data.sources import DatasetSource
     from bevdeploy.frame_loop import run_frames
-    from bevdeploy.io import check_output_dir
     from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
     from bevdeploy.sinks import Metrics
 
     cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
-    check_output_dir(out)
+    target = claim_output(out, overwrite=overwrite)
     options = detector.check_options(package=package is not None, backend=backend,
                                      schedule=schedule, gpu_config=gpu_config)
     pkg = load_package(package) if package is not None else None
@@ -225,7 +230,8 @@ def eval_cmd(data: DataOpt,
     else:
         source = DatasetSource(data, p, version=version, split=split,  # before the model
                                limit=limit)
-    metrics = Metrics(data, out, version=version, split=split)
+    assert target.staging is not None
+    metrics = Metrics(data, target.staging, version=version, split=split)
     with open_detector(pkg if pkg is not None else p, cluster, source,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,
                        gpu_config=options.gpu_config, schedule=options.schedule,
@@ -234,6 +240,9 @@ def eval_cmd(data: DataOpt,
         loop, written = run_frames(source, model, [metrics], on_error=on_error,
                                    console=err_console,
                                    description=f"{options.backend} on {split}")
+    written = [target.final(w) for w in written]
+    if written:  # a stopped run writes no metrics: the previous output stays as it was
+        target.commit()
     loop.raise_if_ended()
     assert metrics.result is not None
     console.print(metrics.result.table())

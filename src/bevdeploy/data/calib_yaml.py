@@ -28,7 +28,7 @@ import yaml
 
 from bevdeploy.data.frame import Calibration
 from bevdeploy.io import atomic_write
-from bevdeploy.errors import InputError
+from bevdeploy.errors import InputError, excerpt
 from bevdeploy.safe_yaml import load_yaml_file
 
 _TOP_LEVEL = {"cameras", "lidar2ego", "ego2global"}
@@ -47,7 +47,7 @@ def _matrix(value: Any, shape: tuple[int, int], path: Path, field: str) -> np.nd
         raise InputError(f"expected a {rows}x{cols} matrix (a list of {rows} rows of {cols}), "
                          f"got {got}", path=path, field=field)
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for r in value for x in r):
-        raise InputError(f"expected a {rows}x{cols} matrix of numbers, got {value!r}",
+        raise InputError(f"expected a {rows}x{cols} matrix of numbers, got {excerpt(value)}",
                          path=path, field=field)
     try:
         m = np.asarray(value, dtype=np.float64)
@@ -74,8 +74,8 @@ def read_calibration(path: str | Path, camera_names: tuple[str, ...] | list[str]
         raise InputError("expected a mapping with a 'cameras' section", path=p, field="<root>")
     unknown = sorted(set(doc) - _TOP_LEVEL)
     if unknown:
-        raise InputError(f"unknown key(s) {unknown}; known: {sorted(_TOP_LEVEL)}", path=p,
-                         field="<root>")
+        raise InputError(f"unknown key(s) {excerpt(unknown)}; known: {sorted(_TOP_LEVEL)}",
+                         path=p, field="<root>")
     cameras = doc.get("cameras")
     if not isinstance(cameras, dict):
         raise InputError("expected a mapping of camera name → {intrinsics, camera2lidar}",
@@ -84,7 +84,8 @@ def read_calibration(path: str | Path, camera_names: tuple[str, ...] | list[str]
     for name in camera_names:
         cam = cameras.get(name)
         if not isinstance(cam, dict):
-            raise InputError(f"camera {name} is missing (the file has {sorted(cameras)})",
+            have = excerpt(sorted(map(str, cameras)))
+            raise InputError(f"camera {name} is missing (the file has {have})",
                              path=p, field=f"cameras.{name}")
         missing = sorted(_CAMERA_KEYS - set(cam))
         if missing:

@@ -40,7 +40,8 @@ from bevdeploy.data.boxes import from_mmdet3d_legacy, to_mmdet3d_legacy
 from bevdeploy.data.nuscenes import (Annotations, Pose, RecordFrames, SampleRecord, SensorRecord)
 from bevdeploy.data.readers import SweepPolicy
 from bevdeploy.io import atomic_write
-from bevdeploy.errors import DatasetError, UnsafeFileError
+from bevdeploy.data.expansion import check_expansion, expansion_budget
+from bevdeploy.errors import DatasetError, UnsafeFileError, excerpt
 from bevdeploy.presets import Preset
 
 PICKLE_PROTOCOL = 4  # readable by every Python 3 the reference environments use
@@ -89,14 +90,16 @@ def load_infos(path: str | Path) -> dict[str, Any]:
     """Unpickle an info file with the allow-list and check its top-level shape."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            data = _RestrictedUnpickler(f, p).load()
+        raw = p.read_bytes()  # in memory: a declared length beyond the file allocates nothing
+        data = _RestrictedUnpickler(io.BytesIO(raw), p).load()
     except FileNotFoundError:
         raise DatasetError("info file not found", path=p, field="file") from None
     except UnsafeFileError:
         raise
     except Exception as exc:  # truncated or foreign pickles raise many types
-        raise DatasetError(f"not a readable pickle: {exc!r}", path=p, field="file") from None
+        raise DatasetError(f"not a readable pickle: {excerpt(exc)}", path=p,
+                           field="file") from None
+    check_expansion(data, expansion_budget(len(raw)), path=p, error=DatasetError)
     if not isinstance(data, Mapping) or not isinstance(data.get("infos"), list):
         raise DatasetError("expected a mapping with an 'infos' list (the mmdet3d 0.x / "
                            "mit-han-lab format; mmdet3d >= 1.1 'data_list' files are another "
@@ -138,7 +141,7 @@ class _Fields:
     def integer(self, key: str) -> int:
         value = self.raw(key)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise self.fail(key, f"expected an integer, got {value!r}")
+            raise self.fail(key, f"expected an integer, got {excerpt(value)}")
         return int(value)
 
     def array(self, key: str, shape: tuple[int, ...] | None, *, finite: bool = True,

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pypcd4 import PointCloud
 
-from bevdeploy.errors import InputError, os_reason
+from bevdeploy.data.pcd_header import check_pcd_header
+from bevdeploy.errors import InputError, excerpt, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ _PCD_TIME_FIELDS = ("time_lag", "time")  # seconds relative to the key sweep
 # No LiDAR sees 10 km: a coordinate beyond this is a wrong unit (mm), a wrong record layout
 # (float64 read as float32) or a sensor glitch, and is treated like a NaN row.
 MAX_ABS_COORD_M = 1e4
+# An 8K camera has 33 MP; a larger header is a decompression bomb, refused before decoding.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 @contextmanager
@@ -103,6 +106,7 @@ def _read_raw_float32(path: Path, columns: int) -> np.ndarray:
 
 
 def _read_pcd(path: Path, columns: int | None) -> np.ndarray:
+    declared = check_pcd_header(path)  # before pypcd4 allocates what the header declares
     try:
         with warnings.catch_warnings():  # an ASCII file with zero points is a valid empty cloud
             warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
@@ -110,7 +114,11 @@ def _read_pcd(path: Path, columns: int | None) -> np.ndarray:
     except OSError:
         raise
     except Exception as exc:  # pypcd4 raises bare ValueError/KeyError/struct errors on bad headers
-        raise InputError(f"not a readable PCD file: {exc}", path=path, field="header") from None
+        raise InputError(f"not a readable PCD file: {excerpt(exc)}", path=path,
+                         field="header") from None
+    if cloud.pc_data.size != declared:  # an ASCII payload of another length
+        raise InputError(f"the header declares {declared:,} points but the data holds "
+                         f"{cloud.pc_data.size:,}", path=path, field="points")
     fields = list(cloud.fields)
     wanted = ["x", "y", "z", "intensity"]
     missing = [f for f in wanted if f not in fields]
@@ -273,22 +281,38 @@ def read_multisweep(key_path: str | Path, key_timestamp: int, sweeps: Sequence[S
 # ----------------------------------------------------------------------------------- images
 
 
-def read_image(path: str | Path, *, camera: str = "") -> np.ndarray:
+def read_image(path: str | Path, *, camera: str = "",
+               expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """An image file → ``(H, W, 3)`` uint8 RGB, loaded with PIL as the reference does.
 
-    A missing file, an unreadable or truncated one and a decompression bomb (PIL's pixel
-    limit) are ``InputError``s naming the camera.
+    The size the header declares is checked before anything is decoded: it must be
+    ``expected_size`` (H, W) when given, and at most ``MAX_IMAGE_PIXELS`` pixels in any case
+    (PIL's bomb warning, raised as an error, refuses what its own header check sees). A
+    missing file, an unreadable or truncated one, another size and a decompression bomb are
+    ``InputError``s naming the camera.
     """
     p = Path(path)
     who = f"camera {camera}: " if camera else ""
     fld = camera or "image"
     try:
-        with Image.open(p) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                width, height = img.size  # from the header: nothing is decoded yet
+                if expected_size is not None and (height, width) != tuple(expected_size):
+                    raise InputError(f"{who}image is {height}×{width} (H×W) but "
+                                     f"{expected_size[0]}×{expected_size[1]} is expected (the "
+                                     "preset's raw size)", path=p, field=fld)
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{who}image declares {width}×{height} pixels, more than "
+                                     f"{MAX_IMAGE_PIXELS:,}", path=p, field=fld)
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise InputError(f"{who}image file not found", path=p, field=fld) from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
-        raise InputError(f"{who}not a readable image ({exc})", path=p, field=fld) from None
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, OSError) as exc:
+        raise InputError(f"{who}not a readable image ({excerpt(exc)})", path=p,
+                         field=fld) from None
 
 
 def read_images(paths: Sequence[str | Path], cameras: Sequence[str],
@@ -301,7 +325,8 @@ def read_images(paths: Sequence[str | Path], cameras: Sequence[str],
     whose calibration was made at another resolution would feed the network a wrongly cropped
     view with wrongly projected depth, i.e. plausible wrong boxes instead of an error.
     """
-    images = [read_image(p, camera=c) for p, c in zip(paths, cameras, strict=True)]
+    images = [read_image(p, camera=c, expected_size=expected_size)
+              for p, c in zip(paths, cameras, strict=True)]
     want = expected_size or images[0].shape[:2]
     for img, p, c in zip(images, paths, cameras):
         if img.shape[:2] != tuple(want):

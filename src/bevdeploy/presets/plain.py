@@ -9,7 +9,7 @@ import typing
 from dataclasses import fields
 from typing import Any, Literal
 
-from bevdeploy.errors import ConfigError
+from bevdeploy.errors import ConfigError, excerpt
 
 
 def to_plain(obj: Any) -> Any:
@@ -33,7 +33,7 @@ def from_plain(tp: Any, value: Any, source: str, path: str) -> Any:
         known = {f.name for f in fields(tp) if f.init}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ConfigError(f"unknown field(s) {unknown}; known: {sorted(known)}",
+            raise ConfigError(f"unknown field(s) {excerpt(unknown)}; known: {sorted(known)}",
                               path=source, field=path or "<root>")
         kwargs = {k: from_plain(hints[k], v, source, f"{path}.{k}" if path else k)
                   for k, v in value.items()}
@@ -45,7 +45,7 @@ def from_plain(tp: Any, value: Any, source: str, path: str) -> Any:
         return _freeze(value)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise fail(f"must be one of {list(typing.get_args(tp))}, got {value!r}")
+            raise fail(f"must be one of {list(typing.get_args(tp))}, got {excerpt(value)}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -59,7 +59,7 @@ def from_plain(tp: Any, value: Any, source: str, path: str) -> Any:
                 return from_plain(arg, value, source, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise fail(f"no type of {tp} accepts {value!r}")
+        raise fail(f"no type of {tp} accepts {excerpt(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise fail(f"expected a list, got {type(value).__name__}")
@@ -72,19 +72,19 @@ def from_plain(tp: Any, value: Any, source: str, path: str) -> Any:
                      for i, (a, v) in enumerate(zip(args, value)))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f"expected a number, got {value!r}")
+            raise fail(f"expected a number, got {excerpt(value)}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(f"expected an integer, got {value!r}")
+            raise fail(f"expected an integer, got {excerpt(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise fail(f"expected a string, got {value!r}")
+            raise fail(f"expected a string, got {excerpt(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise fail(f"expected true/false, got {value!r}")
+            raise fail(f"expected true/false, got {excerpt(value)}")
         return value
     raise fail(f"unsupported type {tp}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bevdeploy.errors import excerpt
+
 NUSCENES_CLASSES: tuple[str, ...] = (
     "car", "truck", "construction_vehicle", "bus", "trailer",
     "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
@@ -54,7 +56,7 @@ class CameraConfig:
         if not self.names:
             raise ValueError("at least one camera is needed")
         if len(set(self.names)) != len(self.names):
-            raise ValueError(f"camera names must be unique, got {list(self.names)}")
+            raise ValueError(f"camera names must be unique, got {excerpt(list(self.names))}")
         if min(self.raw_size) <= 0 or min(self.image_size) <= 0 or self.resize <= 0:
             raise ValueError("raw_size, image_size and resize must be positive")
         rh, rw = self.resized_size
