@@ -34,7 +34,7 @@ def decode_compressed(msg: Any, *, topic: str) -> np.ndarray:
                          path=where, field="format")
     try:
         with Image.open(io.BytesIO(bytes(msg.data))) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise InputError(f"not a readable {msg.format} image ({exc})", path=where,
                          field="data") from None

@@ -35,7 +35,7 @@ from bevdeploy.data.bags.msgdefs import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, P
                                          TF_MESSAGE)
 from bevdeploy.data.bags.pointcloud2 import Cloud, decode_pointcloud2
 from bevdeploy.data.bags.reader import Bag, BagMessage, CorruptChunk
-from bevdeploy.data.bags.tf import TfTree
+from bevdeploy.data.bags.tf import TfTree, invert_rigid
 from bevdeploy.data.bags.topics import TopicMap, detect_topic_map, read_topic_map
 from bevdeploy.data.frame import Calibration, Frame
 from bevdeploy.data.readers import remove_close, select_sweeps
@@ -324,7 +324,7 @@ class _State:
                                                      topic=self._where("/tf_static"))
         sensor = self._ego(ns) @ self.tree.lookup(base, frame_id, ns,
                                                   topic=self._where("/tf_static"))
-        return np.linalg.inv(key) @ sensor
+        return invert_rigid(key) @ sensor
 
     def _camera2lidar(self, sweep: _Sweep, image: _Image) -> np.ndarray:
         return self._sensor2lidar(sweep, image.frame_id, image.ns)

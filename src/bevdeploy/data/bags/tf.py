@@ -44,6 +44,15 @@ def matrix_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
     return float(q.x), float(q.y), float(q.z), float(q.w)
 
 
+def invert_rigid(m: np.ndarray) -> np.ndarray:
+    """The inverse of a rigid 4×4 transform (Rᵀ, −Rᵀt): exact, and without a general matrix
+    inverse, which costs milliseconds per call on a busy machine (BLAS thread start-up)."""
+    out = np.eye(4)
+    out[:3, :3] = m[:3, :3].T
+    out[:3, 3] = -m[:3, :3].T @ m[:3, 3]
+    return out
+
+
 def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
     if np.dot(q0, q1) < 0:
         q1 = -q1
@@ -188,7 +197,7 @@ class TfTree:
             if (b, a) in self.static or (b, a) in self.timed:  # b is a's parent: T_b←a
                 step = self._edge(b, a, ns, topic)
             else:
-                step = np.linalg.inv(self._edge(a, b, ns, topic))
+                step = invert_rigid(self._edge(a, b, ns, topic))
             out = step @ out
         return out
 
