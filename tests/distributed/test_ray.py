@@ -145,6 +145,57 @@ def test_a_damaged_frame_is_skipped_on_the_cluster_as_in_one_process(
     assert path.name in b["run"]["failures"][0]["message"]
 
 
+class CtrlC:
+    """A sink that raises ``KeyboardInterrupt`` when frame ``at`` arrives (Ctrl-C mid-run)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, 0
+
+    def write(self, frame: Any, detections: Any, timings: Mapping[str, float]) -> None:
+        self.seen += 1
+        if self.seen == self.at:
+            raise KeyboardInterrupt
+
+    def close(self, run: Any) -> list[Path]:
+        return []
+
+
+def test_ctrl_c_keeps_the_finished_frames_and_stops_the_workers(
+        cluster: Any, trained_tiny_package: Path, fresh_val_world: Path, tmp_path: Path) -> None:
+    pkg = load_package(trained_tiny_package)
+    source = DatasetSource(fresh_val_world, pkg.preset)
+    options = RayOptions(cluster.address, workers=2)
+    with connect(options):
+        pool = RayDetectorPool(source, trained_tiny_package, {"threads": 1}, options)
+        actors = list(pool.workers.values())
+        with pool:
+            sink = DetectionsJson(tmp_path / "d.json", {})
+            loop, _ = run_frames(source, pool, [sink, CtrlC(at=3)])
+        assert not pool.workers
+        for actor in actors:  # killed: their queued frames are cancelled
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(actor.facts.remote(), timeout=60)
+    doc = json.loads((tmp_path / "d.json").read_text())
+    assert loop.status == "interrupted" and doc["run"]["status"] == "interrupted"
+    assert doc["run"]["frames_done"] == 2 and len(doc["frames"]) == 3  # the third was written
+    assert list(doc["frames"]) == [source.label(i) for i in range(3)]  # in frame order
+
+
+def test_bench_ray_measures_frames_per_second_and_bytes(cluster: Any, trained_tiny_package: Path,
+                                                       fresh_val_world: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench-ray", "--package", str(trained_tiny_package), "--data",
+                                 str(fresh_val_world), "--ray", cluster.address, "--workers", "2",
+                                 "--limit", "4", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [0, 2] and all(r["frames"] == 4 for r in rows)
+    assert all(r["frames_per_s"] > 0 for r in rows)
+    assert rows[0]["result_bytes_per_frame"] is None and 0 < rows[1]["result_bytes_per_frame"]
+    assert "frames/s" in result.output
+
+
 @pytest.mark.parametrize("differs", ["version", "package"])
 def test_a_worker_that_differs_from_the_driver_is_refused_by_name(
         cluster: Any, trained_tiny_package: Path, fresh_val_world: Path, differs: str) -> None:

@@ -1,4 +1,5 @@
-"""``bench`` and ``bench-kernels``: latency measured, never asserted (tests check correctness)."""
+"""``bench``, ``bench-kernels`` and ``bench-ray``: speed measured, never asserted (tests check
+correctness)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typer
 from rich.table import Table
 
 from bevdeploy.cli._app import command, console, err_console
-from bevdeploy.cli._options import GPU_CONFIG_HELP, JsonOutOpt
+from bevdeploy.cli._options import GPU_CONFIG_HELP, JsonOutOpt, WideOpt
 
 @command(name="bench-kernels")
 def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset whose shapes "
@@ -114,7 +115,8 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
                                               "small synthetic world, generated once)."),
           version: str = typer.Option("v1.0-mini", help="nuScenes version folder of --data."),
           split: str = typer.Option("mini_val", help="Split of --data."),
-          json_out: JsonOutOpt = None) -> None:
+          json_out: JsonOutOpt = None,
+          wide: WideOpt = False) -> None:
     """Per-stage and end-to-end latency (median, p90), frames/s and peak memory of packages,
     backends and schedules side by side with the PyTorch eager reference, each variant in its
     own process; the dense modules' GFLOP/s against this machine's GEMM peak."""
@@ -122,6 +124,7 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
 
     from bevdeploy.bench import (FrameSource, check_devices, default_world, plan_variants,
                                  run_bench)
+    from bevdeploy.tables import print_report
 
     budget = threads or numba.config.NUMBA_NUM_THREADS
     variants = plan_variants(package, backends=backend, schedules=schedule, threads=budget,
@@ -133,7 +136,54 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
     report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,
                        progress=lambda message: err_console.print(message, markup=False,
                                                                    highlight=False))
-    console.print(report.table())
-    console.print(report.dense_table())
+    for table in ([report.table(), report.dense_table()] if wide else report.narrow_tables()):
+        print_report(console, table, wide=wide)
     if json_out is not None:
         console.print(f"wrote {report.write_json(json_out)}")
+
+
+@command(name="bench-ray")
+def bench_ray(package: Path = typer.Option(..., help="Deploy package (a path every node reads)."),
+              data: Path = typer.Option(..., help="nuScenes-format dataset root (a path every "
+                                        "node reads)."),
+              ray: str = typer.Option("local", "--ray", help="local, auto or HOST:PORT."),
+              workers: list[int] = typer.Option([1, 2], help="Worker counts to measure; "
+                                                "repeatable."),
+              cpus_per_worker: float = typer.Option(1.0, help="CPUs each worker reserves (and "
+                                                    "its runtime threads)."),
+              version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
+              split: str = typer.Option("mini_val", help="Split."),
+              limit: Optional[int] = typer.Option(None, min=1, help="Only the first N frames."),
+              json_out: JsonOutOpt = None) -> None:
+    """Frames/s of a Ray pool against its number of workers, beside the same frames in this
+    process, and the bytes each frame's result moves through Ray's object store
+    (bevdeploy.distributed.bench)."""
+    import json
+
+    from bevdeploy.data.sources import DatasetSource
+    from bevdeploy.distributed import check_ray_options, connect
+    from bevdeploy.distributed.bench import measure
+    from bevdeploy.io import atomic_write
+    from bevdeploy.package import load_package
+
+    options = check_ray_options(ray, workers=max(workers), cpus_per_worker=cpus_per_worker)
+    pkg = load_package(package)
+    source = DatasetSource(data, pkg.preset, version=version, split=split, limit=limit)
+    with connect(options):
+        rows = measure(source, package, options, workers,
+                       progress=lambda m: err_console.print(m, markup=False, highlight=False))
+    table = Table(title=f"{len(source)} frames of {split}, {cpus_per_worker:g} CPU(s) per worker, "
+                        f"--ray {ray}")
+    for name in ("workers", "frames/s", "× in-process", "startup s", "result bytes/frame"):
+        table.add_column(name, justify="right")
+    base = rows[0].frames_per_s
+    for row in rows:
+        table.add_row("in process" if row.workers == 0 else str(row.workers),
+                      f"{row.frames_per_s:.2f}", f"{row.frames_per_s / base:.2f}",
+                      f"{row.startup_s:.1f}", "—" if row.result_bytes_per_frame is None
+                      else f"{row.result_bytes_per_frame:,}")
+    console.print(table)
+    if json_out is not None:
+        doc = {"address": ray, "cpus_per_worker": cpus_per_worker, "frames": len(source),
+               "rows": [r.to_dict() for r in rows]}
+        console.print(f"wrote {atomic_write(json_out, json.dumps(doc, indent=1).encode())}")

@@ -157,6 +157,11 @@ class RayDetectorPool:
             else:
                 self._submit(index)
 
+    def warm_up(self, index: int = 0) -> None:
+        """Frame ``index`` once on every worker, results dropped: the first frame of a process
+        pays one-off costs (kernel compilation, session set-up) that a benchmark leaves out."""
+        self.ray.get([actor.run.remote(index) for actor in self.workers.values()])
+
     # ---- the frame loop's side (frame_loop.FramePool) ----------------------------------------
 
     def result(self, index: int) -> tuple[Frame, Detections, Mapping[str, float]]:

@@ -102,7 +102,8 @@ def _node_id() -> str:
     try:
         import ray
 
-        return str(ray.get_runtime_context().get_node_id() or "")
+        # asking an unconnected process would start a Ray instance
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
     except Exception:  # noqa: BLE001 - only a label
         return ""
 
