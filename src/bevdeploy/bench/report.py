@@ -20,6 +20,7 @@ from bevdeploy.bench.frames import FrameSource
 from bevdeploy.bench.measure import Stat, cpu_identity
 from bevdeploy.bench.variants import Variant
 from bevdeploy.io import atomic_write
+from bevdeploy.tables import compact_table
 from bevdeploy.vocabulary import DENSE_MODULES
 
 # Stage rows in pipeline order; a variant without a stage shows "—".
@@ -205,6 +206,45 @@ class BenchReport:
         table.add_row("weights", *[r.weights for r in rs])
         return table
 
+    def narrow_tables(self) -> list[Table]:
+        """``table()`` and ``dense_table()`` for an 80-column terminal: medians only (p90 is in
+        ``--wide`` and the JSON), speed-ups to one decimal, the share of the GEMM peak alone."""
+        wide, dense = self.table(), self.dense_table()
+        rs = self.results
+        speedups = [None if r.variant.is_reference else self.speedups(r) for r in rs]
+        table = compact_table(str(wide.title))
+        table.caption = str(wide.caption).replace("cells: median / p90 ms",
+                                                  "cells: median ms (p90: --wide or --json)")
+        table.caption_justify = "left"
+        table.add_column("stage", no_wrap=True)
+        for r in rs:
+            table.add_column(_header(r), justify="right")
+        present = {k for r in rs for k in r.samples if k != "total"}
+        for stage in [s for s in STAGE_ORDER if s in present] + sorted(present - set(STAGE_ORDER)):
+            table.add_row(stage, *["—" if r.stages.get(stage) is None else _narrow_cell(
+                r.stages[stage], s["stages"].get(stage) if s else None)
+                for r, s in zip(rs, speedups)])
+        table.add_section()
+        table.add_row("total", *[_narrow_cell(r.total, s["latency"] if s else None)
+                                 for r, s in zip(rs, speedups)])
+        table.add_row("frames/s", *[f"{r.frames_per_s:.2f}" for r in rs])
+        table.add_row("peak RSS MB", *[f"{r.peak_rss_mb:.0f}" for r in rs])
+        shares = compact_table(str(dense.title))
+        shares.caption, shares.caption_justify = dense.caption, "left"
+        shares.add_column("module", no_wrap=True)
+        for r in rs:
+            shares.add_column(_header(r), justify="right")
+        for preset in dict.fromkeys(_preset_name(r) for r in rs):
+            if not self.dense_macs.get(preset):
+                continue
+            rates = {id(r): self.gflops(r) for r in rs if _preset_name(r) == preset}
+            for module in DENSE_MODULES:
+                shares.add_row(f"{preset} {module}" if len(self.dense_macs) > 1 else module, *[
+                    "" if rates.get(id(r), {}).get(module) is None
+                    else f"{rates[id(r)][module]:.0f} ({rates[id(r)][module] / self.gemm_gflops:.0%})"
+                    for r in rs])
+        return [table, shares]
+
     def dense_table(self) -> Table:
         """Each dense module's MACs and achieved GFLOP/s per variant, with the share of this
         machine's measured float32 GEMM rate."""
@@ -232,6 +272,12 @@ class BenchReport:
                                  f"{rate:.0f} ({rate / self.gemm_gflops:.0%})")
                 table.add_row(f"{preset} {module}", f"{macs[module] / 1e9:.2f}", *cells)
         return table
+
+
+def _narrow_cell(stat: Stat, ratio: float | None) -> str:
+    """The median alone (p90 in ``--wide`` and the JSON), with the speed-up."""
+    text = _ms(stat.median_ms)
+    return text if ratio is None else f"{text} ({ratio:.1f}×)"
 
 
 def _header(result: VariantResult) -> str:

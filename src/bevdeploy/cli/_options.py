@@ -79,6 +79,9 @@ SyncSlopOpt = Annotated[float, typer.Option(
 # ---- outputs
 JsonOutOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON "
                                                                 "(atomically).")]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="Print the full tables unfolded (wider than a terminal; for a pager or a "
+                   "file). By default they fit the terminal, long notes numbered below.")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Replace an existing output directory (atomically: the new one is "
                         "written beside it and swapped in; without this an existing one is "

@@ -11,7 +11,7 @@ import typer
 
 from bevdeploy.cli._app import command, console, err_console
 from bevdeploy.cli._options import (GPU_CONFIG_HELP, DataOpt, JsonOutOpt, SplitOpt, ThreadsOpt,
-                                    VersionOpt)
+                                    VersionOpt, WideOpt)
 
 @command()
 def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g. from synth)."),
@@ -54,6 +54,7 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                 save: Optional[Path] = typer.Option(None, help="Write every compared tensor "
                                                     "pair (one .npz per frame) here."),
                 json_out: JsonOutOpt = None,
+                wide: WideOpt = False,
                 threads: ThreadsOpt = None,
                 backend: str = typer.Option("onnxruntime", help="Deployed side: onnxruntime, "
                                             "torch-cuda or tensorrt."),
@@ -72,6 +73,7 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
     from bevdeploy.io import atomic_write
     from bevdeploy.package import load_package
     from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
+    from bevdeploy.tables import print_report
 
     gpu = detector.check_options(package=True, backend=backend, gpu_config=gpu_config).gpu_config
     if gpu is None and backend in GPU_BACKENDS:
@@ -90,7 +92,7 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                      tolerances=tolerances, save=save, backend=backend, threads=threads,
                      runner_options=gpu.options(threads) if gpu else None,
                      schedule=gpu.schedule() if gpu else "sequential")
-    console.print(report.table())
+    print_report(console, report.table() if wide else report.narrow_table(), wide=wide)
     if json_out is not None:
         atomic_write(json_out, report.to_json().encode())
     if not report.passed:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from bevdeploy.cli._app import command, console, warn
-from bevdeploy.cli._options import ThreadsOpt
+from bevdeploy.cli._options import ThreadsOpt, WideOpt
 
 @command()
 def export(out: Path = typer.Option(..., help="Package directory to write (atomically)."),
@@ -93,7 +93,8 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
                                                                     "INT8 module's groups "
                                                                     "(repeatable; default "
                                                                     "both)."),
-             threads: ThreadsOpt = None
+             threads: ThreadsOpt = None,
+             wide: WideOpt = False
              ) -> None:
     """Simplify, convert to FP16 and/or quantize to INT8 (QDQ) the dense modules of a package;
     the optimized modules are checked for NaN/Inf on the calibration frames. --sensitivity ranks
@@ -105,6 +106,7 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     )
     from bevdeploy.optimize.int8 import INT8_MODULES, RECIPE_EXCLUDES
     from bevdeploy.optimize.sensitivity import EvalSource
+    from bevdeploy.tables import print_report
 
     if sensitivity_granularity not in ("block", "layer"):
         raise ConfigError(f"expected block or layer, got {sensitivity_granularity!r}",
@@ -123,9 +125,9 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
         threads=threads)
     t0 = time.perf_counter()
     result = optimize_package(package, out, options)
-    console.print(result.table())
+    print_report(console, result.table() if wide else result.narrow_table(), wide=wide)
     if result.sensitivity is not None:
-        console.print(result.sensitivity.table(sensitivity_top))
+        print_report(console, result.sensitivity.table(sensitivity_top), wide=wide)
     console.print(f"wrote {result.root} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -154,8 +156,10 @@ def build(package: Path = typer.Argument(..., help="Deploy package whose dense m
 
 
 @command(name="inspect")
-def inspect_package(package: Path = typer.Argument(..., help="Deploy package directory.")) -> None:
-    """Print a package's manifest as tables (every file's hash is verified first)."""
+def inspect_package(package: Path = typer.Argument(..., help="Deploy package directory."),
+                    wide: WideOpt = False) -> None:
+    """Print a package's manifest as tables (every file's hash is verified first); the
+    manifest itself (PACKAGE/manifest.json) is the machine-readable form."""
     from bevdeploy.export.inspect import print_package
 
-    print_package(package, console=console)
+    print_package(package, console=console, wide=wide)

@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from bevdeploy.export.trt_ops import tensorrt_violations
 from bevdeploy.package import DeployPackage, ModuleEntry, load_package
+from bevdeploy.tables import Footnotes, compact_table, print_report, shape_text, with_notes
+
+# Column labels of the op census in an 80-column terminal (five module columns must fit).
+SHORT_NAMES = {"camera.backbone": "cam.bb", "camera.vtransform": "cam.vt",
+               "lidar.backbone": "lidar", "fuser": "fuser", "head.bbox": "head"}
 
 
 def _size(n: int) -> str:
@@ -105,8 +110,51 @@ def package_tables(pkg: DeployPackage) -> list[Table]:
     return [summary, modules, io, census]
 
 
-def print_package(path: str | Path, *, console: Console | None = None) -> None:
-    """Verify the package at ``path`` and print its tables (``PackageError`` if it is damaged)."""
+def narrow_tables(pkg: DeployPackage) -> list[RenderableType]:
+    """``package_tables`` for an 80-column terminal: the summary as it is (two columns wrap
+    well), the modules without the file column (module name + suffix), I/O shapes as
+    ``1×6×3×128×256``, the census under short module labels explained below it."""
+    summary, _, _, _ = package_tables(pkg)
+    m = pkg.manifest
+    notes, legend = Footnotes(), Footnotes()
+    modules = compact_table("modules")
+    for col in ("module", "precision", "opset", "size", "nodes", "TensorRT"):
+        modules.add_column(col, justify="right" if col in ("opset", "size", "nodes") else "left",
+                           no_wrap=col == "module")
+    for entry in m.modules.values():
+        trt = _tensorrt(pkg, entry)
+        if entry.name == "lidar.backbone":
+            trt = "n/a " + notes.ref("lidar.backbone runs on bevdeploy's SCN executor, not "
+                                     "TensorRT's ONNX parser")
+        modules.add_row(entry.name, entry.precision, str(entry.opset), _size(entry.size),
+                        str(sum(entry.ops.values())), trt)
+    io = compact_table("inputs and outputs")
+    for col in ("module", "", "name", "shape", "dtype"):
+        io.add_column(col, no_wrap=col in ("module", "name"))
+    for entry in m.modules.values():
+        for direction, specs in (("in", entry.inputs), ("out", entry.outputs)):
+            for spec in specs:
+                io.add_row(entry.name, direction, spec.name,
+                           shape_text(list(spec.shape)) if spec.shape else "dynamic", spec.dtype)
+    census = compact_table("op census (nodes per op type)")
+    census.add_column("op", no_wrap=True)
+    names = list(m.modules)
+    for name in names:
+        census.add_column(SHORT_NAMES.get(name, name), justify="right")
+    ops = sorted({op for e in m.modules.values() for op in e.ops},
+                 key=lambda op: (-sum(e.ops.get(op, 0) for e in m.modules.values()), op))
+    for op in ops:
+        census.add_row(op.rsplit(".", 1)[-1] if "::" in op else op,
+                       *(str(m.modules[n].ops.get(op, "")) for n in names))
+    legend.ref(", ".join(f"{SHORT_NAMES[n]} = {n}" for n in names if n in SHORT_NAMES))
+    return [summary, with_notes(modules, notes), io, with_notes(census, legend)]
+
+
+def print_package(path: str | Path, *, console: Console | None = None,
+                  wide: bool = False) -> None:
+    """Verify the package at ``path`` and print its tables (``PackageError`` if it is
+    damaged): fitted to the terminal, or every column unfolded with ``wide``."""
     console = console or Console()
-    for table in package_tables(load_package(path)):
-        console.print(table)
+    pkg = load_package(path)
+    for table in (package_tables(pkg) if wide else narrow_tables(pkg)):
+        print_report(console, table, wide=wide)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from rich.console import RenderableType
 from rich.table import Table
 
 from bevdeploy.errors import ConfigError
@@ -51,6 +52,7 @@ from bevdeploy.optimize.sensitivity import (
 from bevdeploy.optimize.simplify import simplify as slim
 from bevdeploy.package import (MANIFEST_NAME, DeployPackage, check_replaceable, load_package,
                                sha256_file)
+from bevdeploy.tables import Footnotes, compact_table, with_notes
 from bevdeploy.vocabulary import DENSE_MODULES
 
 SENSITIVITY_FILE = "sensitivity.json"
@@ -135,6 +137,25 @@ class OptimizeResult:
                           ", ".join(c.float_layers) or "-")
         table.add_row("lidar.backbone", "-", "fp32", "", "", "", "", SCN_NOTE)
         return table
+
+    def narrow_table(self) -> RenderableType:
+        """``table()`` for an 80-column terminal: short headers, the layers kept in float and
+        the SCN note numbered under the table."""
+        table = compact_table(f"optimized package {self.root}")
+        for col in ("module", "passes", "precision", "nodes", "MiB", "Q/DQ", "INT8", "float"):
+            table.add_column(col, justify="left" if col in ("module", "passes", "precision",
+                                                            "float") else "right",
+                             no_wrap=col == "module")
+        notes = Footnotes()
+        for c in self.changes:
+            table.add_row(c.module, "+".join(c.passes) or "-",
+                          f"{c.precision_before}→{c.precision_after}",
+                          f"{c.before.nodes}→{c.after.nodes}",
+                          f"{c.before.bytes / 2**20:.1f}→{c.after.bytes / 2**20:.1f}",
+                          str(c.qdq_nodes), str(c.quantized_layers),
+                          notes.ref(", ".join(c.float_layers)) or "-")
+        table.add_row("lidar.backbone", "-", "fp32", "", "", "", "", notes.ref(SCN_NOTE))
+        return with_notes(table, notes)
 
 
 def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions

@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from bevdeploy.eval.compare.comparators import BoxMetrics, TensorMetrics
 from bevdeploy.eval.compare.tolerances import BOXES, STAGES, Tolerances
+from bevdeploy.tables import Footnotes, compact_table, shape_text, with_notes
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,41 @@ class CompareReport:
             t.add_row(*_box_row(self.boxes))
         return t
 
+    def narrow_table(self) -> RenderableType:
+        """The table for an 80-column terminal: the worst case per stage (largest max-abs
+        error, its ratio to the reference's scale, the smallest cosine, NaN/Inf counts) with
+        compact numbers and shapes, the precision in the title when every stage shares one, the
+        notes numbered under it; ``table()`` has every column."""
+        verdict = "[green]PASS[/green]" if self.passed else "[red]FAIL[/red]"
+        precisions = sorted({r.precision for r in [*self.stages, *self.boxes]})
+        mixed = len(precisions) > 1
+        weights = escape(self.checkpoint or "random weights")
+        t = compact_table(f"compare {escape(self.package)} ({weights}, {self.backend}"
+                          + ("" if mixed else f", all {''.join(precisions)}")
+                          + f"): {verdict}")
+        for col in ("stage", *(("prec",) if mixed else ()), "shape", "max|Δ|", "/scale",
+                    "cosine", "NaN", "result"):
+            t.add_column(col, justify="left" if col in ("stage", "prec", "shape", "result")
+                         else "right", no_wrap=col == "stage")
+        notes = Footnotes()
+        for stage in STAGES:
+            rows = self.stage(stage.name)
+            if not rows:
+                continue
+            ms = [r.metrics for r in rows]
+            full = _stage_row(stage.name, rows)
+            t.add_row(stage.name, *((full[1],) if mixed else ()), shape_text(_shape(rows)),
+                      _fmt(_extreme((m.max_abs for m in ms), max), ".2g"),
+                      _fmt(_extreme((m.rel_max_abs for m in ms), max), ".1e"),
+                      _fmt(_extreme((m.cosine for m in ms), min), ".5f"), full[7],
+                      f"{full[8]} {notes.ref(full[9])}".rstrip())
+        if self.boxes:
+            full = _box_row(self.boxes)
+            t.add_section()
+            t.add_row(full[0], *((full[1],) if mixed else ()), full[2], "", "", "", full[7],
+                      f"{full[8]} {notes.ref(full[9])}".rstrip())
+        return with_notes(t, notes)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "package": self.package, "checkpoint": self.checkpoint, "backend": self.backend,
@@ -147,6 +184,16 @@ def _notes(rows: Sequence[StageResult | BoxResult]) -> str:
 def _result(rows: Sequence[StageResult | BoxResult]) -> str:
     failed = sum(not r.passed for r in rows)
     return "[green]pass[/green]" if not failed else f"[red]FAIL[/red] ({failed}/{len(rows)})"
+
+
+def _shape(rows: list[StageResult]) -> object:
+    """The one shape of a stage's tensors (a list), or its description when they differ."""
+    shapes = {(r.metrics.shape_reference, r.metrics.shape_deployed) for r in rows}
+    if len(shapes) == 1:
+        a, b = next(iter(shapes))
+        if a == b:
+            return list(a)
+    return "; ".join(f"{list(a)} vs {list(b)}" for a, b in shapes)
 
 
 def _stage_row(name: str, rows: list[StageResult]) -> list[str]:
