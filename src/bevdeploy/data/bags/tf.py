@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -115,11 +114,6 @@ class TfTree:
             while len(samples) > 2 and samples[1][0] <= before_ns:
                 samples.popleft()
 
-    def has_timed(self, parent: str, child: str) -> bool:
-        return bool(self._path(child, parent)) and any(
-            edge in self.timed or edge[::-1] in self.timed
-            for edge in zip(self._path(child, parent), self._path(child, parent)[1:]))
-
     def _neighbours(self) -> dict[str, set[str]]:
         graph: dict[str, set[str]] = {}
         for a, b in (*self.static, *self.timed):
@@ -200,9 +194,3 @@ class TfTree:
                 step = invert_rigid(self._edge(a, b, ns, topic))
             out = step @ out
         return out
-
-    def connects(self, a: str, b: str) -> bool:
-        return bool(self._path(_frame(a), _frame(b)))
-
-    def timed_frames(self) -> Iterable[tuple[str, str]]:
-        return self.timed.keys()
