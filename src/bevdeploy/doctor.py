@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import os
 import platform
 from dataclasses import dataclass
 
@@ -115,7 +116,39 @@ def backend_checks(cuda: Check, triton: Check, tensorrt: Check) -> list[Check]:
     return [*rows, trt]
 
 
+def cpu_checks() -> list[Check]:
+    """The CPU the CPU runtime's speed depends on: model, usable cores, the instruction sets
+    that decide FP32 and INT8 speed (``bench.measure.ISA_FEATURES``), and what they imply.
+
+    ONNX Runtime's INT8 convolutions are fast where the CPU has 8-bit dot products (VNNI, in
+    AVX-512 or AVX form; AMX tiles beyond that); with AVX2 alone each 8-bit product pair goes
+    through a multiply-add and a widening add, so an INT8 package may be no faster than FP32
+    there, which ``bevdeploy bench`` measures."""
+    from bevdeploy.bench.measure import cpu_identity
+
+    cpu = cpu_identity()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    isa = set(cpu["isa"])
+    rows = [Check("cpu", True, f"{cpu['model'] or 'unknown model'} ({cpu['microarchitecture']}),"
+                               f" {usable} of {os.cpu_count()} cores usable"),
+            Check("cpu isa", "avx2" in isa, " ".join(cpu["isa"]) or "no AVX2: the numba "
+                  "kernels and ONNX Runtime fall back to narrower vectors")]
+    if "amx-int8" in isa:
+        int8 = Check("int8 on this cpu", True, "AMX tiles and VNNI: INT8 modules are expected "
+                     "to beat FP32")
+    elif isa & {"avx512vnni", "avxvnni"}:
+        int8 = Check("int8 on this cpu", True, "VNNI 8-bit dot products: INT8 modules are "
+                     "expected to beat FP32")
+    else:
+        int8 = Check("int8 on this cpu", False, "no VNNI: 8-bit products take two "
+                     "instructions, INT8 may be no faster than FP32 (measure: bevdeploy bench)")
+    bf16 = Check("bf16 on this cpu", "avx512bf16" in isa,
+                 "native BF16 dot products (AVX-512 BF16)" if "avx512bf16" in isa
+                 else "no native BF16 dot products")
+    return [*rows, int8, bf16]
+
+
 def run_checks() -> list[Check]:
     cuda, triton, tensorrt = cuda_check(), triton_check(), tensorrt_check()
-    return [*package_checks(), onnxruntime_providers(), cuda, triton, tensorrt,
+    return [*package_checks(), *cpu_checks(), onnxruntime_providers(), cuda, triton, tensorrt,
             *backend_checks(cuda, triton, tensorrt)]

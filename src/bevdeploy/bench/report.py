@@ -95,6 +95,8 @@ class BenchReport:
     gemm_gflops: float  # measured float32 GEMM rate, FLOPs (2 per MAC)
     dense_macs: dict[str, dict[str, int]] = field(default_factory=dict)  # preset → module → MACs
     notes: list[str] = field(default_factory=list)
+    # bench.peak_checks: why the GFLOP/s shares of this run cannot be read as efficiency
+    warnings: list[str] = field(default_factory=list)
     created_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))
 

@@ -269,6 +269,7 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
 
     from bevdeploy.package import load_package
     from bevdeploy.bench.kernels import measure_rates
+    from bevdeploy.bench.peak_checks import peak_warnings
 
     if frames < 1 or warmup < 0:
         raise ConfigError(f"need frames ≥ 1 and warmup ≥ 0, got {frames} and {warmup}",
@@ -280,7 +281,7 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
         with threadpool_limits(threads):
             return 2 * measure_rates(repeats=GEMM_REPEATS).gemm_macs_per_s / 1e9
 
-    gemm = gemm_gflops()
+    before = gemm_gflops()
     counted: dict[str, dict[str, int]] = {}
     if macs:
         try:
@@ -298,9 +299,13 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
     for v in variants:
         progress(f"measuring {v.label}")
         results.append(measure_in_subprocess(v, source, frames, warmup))
-    gemm = max(gemm, gemm_gflops())  # again after the variants: a shared VM's neighbours
-    distinct = min(r.distinct_frames for r in results)  # can depress either measurement
+    after = gemm_gflops()  # again after the variants: a shared VM's neighbours can depress
+    distinct = min(r.distinct_frames for r in results)  # either measurement
     if distinct < frames + warmup:
         notes.append(f"the split has {distinct} frame(s): they are cycled")
-    return BenchReport(results=list(results), source=source, frames=frames, warmup=warmup,
-                       threads=threads, gemm_gflops=gemm, dense_macs=counted, notes=notes)
+    report = BenchReport(results=list(results), source=source, frames=frames, warmup=warmup,
+                         threads=threads, gemm_gflops=max(before, after), dense_macs=counted,
+                         notes=notes)
+    report.warnings = peak_warnings(report, before, after)
+    report.notes += report.warnings
+    return report

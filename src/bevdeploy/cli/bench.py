@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from bevdeploy.cli._app import command, console, err_console
+from bevdeploy.cli._app import command, console, err_console, warn
 from bevdeploy.cli._options import GPU_CONFIG_HELP, JsonOutOpt, WideOpt
 
 @command(name="bench-kernels")
@@ -138,6 +138,8 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
                                                                    highlight=False))
     for table in ([report.table(), report.dense_table()] if wide else report.narrow_tables()):
         print_report(console, table, wide=wide)
+    for warning in report.warnings:
+        warn(warning)
     if json_out is not None:
         console.print(f"wrote {report.write_json(json_out)}")
 
