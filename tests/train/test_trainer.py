@@ -18,8 +18,9 @@ from bevdeploy.train.trainer import build_training_model
 
 def test_one_epoch_writes_a_loadable_checkpoint(synthetic_world: Path, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
+    seen: list[dict] = []  # what `bevdeploy train` prints as it goes
     path = train("tiny", synthetic_world, tmp_path / "run", epochs=1, seed=3,
-                 config=TrainConfig(batch_size=2, log_every=1))
+                 config=TrainConfig(batch_size=2, log_every=1), progress=seen.append)
     assert torch.get_num_threads() == threads
     assert path == tmp_path / "run" / "checkpoint.pth"
     report = load_checkpoint(BEVFusion(get_preset("tiny")), path, strict=True)
@@ -31,6 +32,8 @@ def test_one_epoch_writes_a_loadable_checkpoint(synthetic_world: Path, tmp_path:
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text()
            .splitlines()]
     assert log[0]["iter"] == 1 and log[0]["loss"] > 0
+    assert [{k: v for k, v in r.items() if k != "iters"} for r in seen] == log
+    assert [r["iters"] for r in seen] == [1]  # the planned iterations of one epoch
     assert len(list((tmp_path / "run" / "cache").glob("*.npz"))) == 3
 
 

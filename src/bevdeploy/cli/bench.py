@@ -47,7 +47,9 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
             raise ConfigError("no CUDA device is usable", field="--device")
         rows = cuda_kernel_benchmarks(p, num_points=points, repeats=repeats)
     elif device == "cpu":
-        rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
+        with console.status(f"timing the CPU kernels on {p.name} shapes ({repeats} runs each "
+                            "after warm-up; a first run compiles them too) …"):
+            rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
     else:
         raise ConfigError(f"expected cpu or cuda, got {device!r}", field="--device")
     digits = 3 if device == "cuda" else 1
@@ -62,7 +64,8 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
     if scn and device == "cpu":
         from bevdeploy.bench.scn import scn_benchmark
 
-        s = scn_benchmark(p.name, voxels, repeats=repeats)
+        with console.status(f"timing the SCN executor and spconv on {voxels:,} voxels …"):
+            s = scn_benchmark(p.name, voxels, repeats=repeats)
         result["scn"] = s
         table.add_row("scn (ours)", f"{s['num_voxels']:,} voxels, {s['conv_macs'] / 1e9:.1f} GMAC",
                       f"{s['ours_median_s'] * 1e3:.0f}", "", f"{s['floor_s'] * 1e3:.0f}",

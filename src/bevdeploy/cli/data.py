@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from bevdeploy.cli._app import command, console, err_console, warn
+from bevdeploy.cli._progress import say_if_compiling
 from bevdeploy.cli._summary import print_demo_summary
 from bevdeploy.cli._options import ThreadsOpt
 from bevdeploy.data.frame import Detections, Frame
@@ -146,6 +147,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
     metrics = Metrics(data, out / "eval", version="v1.0-mini", split="mini_val")
     shown = Selected(threshold, [renders, counted, _FrameLines(threshold)],
                      max_boxes=20 if random_weights else None)
+    say_if_compiling(err_console, None)
     with detector.open(package, threads=threads) as deployed:
         loop, _ = run_frames(source, deployed, [shown, metrics, timings],
                              console=err_console, description="demo frames")

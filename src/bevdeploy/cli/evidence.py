@@ -31,9 +31,17 @@ def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g
 
     if minutes is None and epochs is None:
         raise ConfigError("give --minutes or --epochs", field="--minutes")
+    def show(record: dict) -> None:  # one line per logged step: the user sees it learn
+        done = f"{record['iter']}/{record['iters']}" if record["iters"] else str(record["iter"])
+        rate = record["iter"] / record["elapsed_s"] if record["elapsed_s"] else 0.0
+        err_console.print(f"iter {done} epoch {record['epoch']}: loss {record['loss']:.4f} "
+                          f"(heatmap {record['loss_heatmap']:.4f}, cls {record['loss_cls']:.4f},"
+                          f" bbox {record['loss_bbox']:.4f}), lr {record['lr']:.2e}, "
+                          f"{rate:.2f} it/s", highlight=False)
+
     t0 = time.perf_counter()
     ckpt = run_training(preset, data, out, epochs=epochs, minutes=minutes, seed=seed,
-                        version=version, split=split)
+                        version=version, split=split, progress=show)
     console.print(f"trained in {(time.perf_counter() - t0) / 60:.1f} min; checkpoint {ckpt}")
 
 

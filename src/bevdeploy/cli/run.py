@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from bevdeploy.cli._distributed import open_detector, ray_options
+from bevdeploy.cli._progress import say_if_compiling
 from bevdeploy.cli._app import claim_output, console, command, err_console, finish, warn
 from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
                                     GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
@@ -164,6 +165,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                        gpu_config=options.gpu_config, schedule=options.schedule, seed=seed,
                        fp16_points=fp16_points) as model:
         _say_weights(model)
+        if cluster is None:
+            say_if_compiling(err_console, options.backend)
         loop, written = run_frames(source, model, sinks, on_error=on_error,
                                    console=err_console,
                                    description=f"{options.backend} inference")
@@ -237,6 +240,8 @@ def eval_cmd(data: DataOpt,
                        gpu_config=options.gpu_config, schedule=options.schedule,
                        random_ok=False) as model:
         _say_weights(model)
+        if cluster is None:
+            say_if_compiling(err_console, options.backend)
         loop, written = run_frames(source, model, [metrics], on_error=on_error,
                                    console=err_console,
                                    description=f"{options.backend} on {split}")

@@ -19,7 +19,10 @@ def model_info(preset: str = typer.Option("nuscenes-resnet50", help="Preset name
     from bevdeploy.presets import get_preset
 
     p = get_preset(preset)
-    console.print(model_info_table(count(p, probe_frame(p, seed=seed)), title=f"{p.name} model info"))
+    with console.status(f"counting parameters and MACs of {p.name} on a real forward of a "
+                        "probe frame (minutes for the full-size presets on two cores) …"):
+        info = count(p, probe_frame(p, seed=seed))
+    console.print(model_info_table(info, title=f"{p.name} model info"))
 
 
 @command(presets_app, "list")

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,8 @@ class _Budget:
 def train(preset: Preset | str, data_root: str | Path, out: str | Path, *,
           epochs: int | None = None, minutes: float | None = None, seed: int = 0,
           version: str = "v1.0-mini", split: str = "mini_train",
-          config: TrainConfig | None = None, cache_dir: str | Path | None = None) -> Path:
+          config: TrainConfig | None = None, cache_dir: str | Path | None = None,
+          progress: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Train ``preset`` on ``split`` of the dataset at ``data_root``; return the checkpoint path.
 
     Writes to ``out``: ``checkpoint.pth`` (replaced atomically after every epoch and at the end,
@@ -156,6 +158,8 @@ def train(preset: Preset | str, data_root: str | Path, out: str | Path, *,
     the data, the iteration count and the time), ``train_log.jsonl`` (one line of losses per
     logged step) and ``train_config.json``. Preprocessed frames are cached in ``cache_dir``
     (default ``out/cache``). ``epochs``, ``minutes`` and ``seed`` override ``config``.
+    ``progress`` gets every logged record (the lines of ``train_log.jsonl``, plus the planned
+    iteration count ``iters`` when epochs are given) as it is written.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     cfg = replace(config or TrainConfig(), seed=seed,
@@ -180,7 +184,7 @@ def train(preset: Preset | str, data_root: str | Path, out: str | Path, *,
 
     model = build_training_model(preset)
     with cpu_sparse_training():
-        iterations, elapsed = _run(model, samples, preset, cfg, rng, out)
+        iterations, elapsed = _run(model, samples, preset, cfg, rng, out, progress)
     meta = {"train": cfg.to_dict(), "data": data_meta, "iterations": iterations,
             "train_seconds": round(elapsed, 1), "norm_eval": False,
             "heatmap_prior_bias": HEATMAP_PRIOR_BIAS}
@@ -188,7 +192,8 @@ def train(preset: Preset | str, data_root: str | Path, out: str | Path, *,
 
 
 def _run(model: BEVFusion, samples: list[TrainSample], preset: Preset, cfg: TrainConfig,
-         rng: np.random.Generator, out: Path) -> tuple[int, float]:
+         rng: np.random.Generator, out: Path,
+         progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, float]:
     """The optimisation loop; returns (iterations, seconds)."""
     coder = model.heads["object"].bbox_coder
     optimizer = _optimizer(model, cfg)
@@ -227,6 +232,8 @@ def _run(model: BEVFusion, samples: list[TrainSample], preset: Preset, cfg: Trai
                               "elapsed_s": round(budget.elapsed, 1)}
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                    if progress is not None:
+                        progress({**record, "iters": budget.total_iters})
                     log.info("iter %d epoch %d loss %.4f (heatmap %.4f cls %.4f bbox %.4f) "
                              "iou %.3f lr %.2e %.0fs", iteration, epoch, record["loss"],
                              record["loss_heatmap"], record["loss_cls"], record["loss_bbox"],
