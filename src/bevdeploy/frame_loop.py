@@ -227,7 +227,9 @@ def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Seque
     ``detector`` and handed to every sink, under ``on_error``; then every sink closed with the
     run record, whatever ended the run (so the finished frames are written), and the loop and
     the paths written returned. The caller ends the command with ``loop.raise_if_ended()``.
-    A streaming source (``data.streams.FrameStream``, e.g. a ROS 2 bag) is read in order."""
+    A streaming source (``data.streams.FrameStream``, e.g. a ROS 2 bag) is read in order.
+    Every camera a finished frame ran without (``Frame.dropped``) is listed in the run record
+    under ``camera_dropouts``."""
     from bevdeploy.data.streams import FrameStream, InOrder
 
     if isinstance(source, FrameStream):
@@ -236,6 +238,7 @@ def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Seque
                      description=description)
 
     pool = detector if isinstance(detector, FramePool) else None
+    dropouts: list[dict[str, Any]] = []
 
     def one_frame(index: int) -> None:
         if pool is not None:  # run elsewhere (bevdeploy.distributed), handed back in order
@@ -246,7 +249,10 @@ def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Seque
             timings = detector.last_timings
         for sink in sinks:
             sink.write(frame, detections, timings)
+        dropouts.extend({"index": index, "frame": source.label(index), "camera": camera,
+                         "reason": reason} for camera, reason in frame.dropped.items())
 
     loop.run(one_frame)
-    record = {**loop.to_dict(), **(pool.record() if pool is not None else {})}
+    record = {**loop.to_dict(), **({"camera_dropouts": dropouts} if dropouts else {}),
+              **(pool.record() if pool is not None else {})}
     return loop, [path for sink in sinks for path in sink.close(record)]

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from bevdeploy.data.camera_dropout import OnMissingCamera
 from bevdeploy.frame_loop import OnError
 
 GPU_CONFIG_HELP = ("GPU switches of torch-cuda / tensorrt, '+'-joined: fp32|fp16|bf16 "
@@ -48,6 +49,10 @@ ScheduleOpt = Annotated[str, typer.Option(help=SCHEDULE_HELP)]
 ErrorPolicyOpt = Annotated[OnError, typer.Option(
     "--on-error", help="A frame that fails (a damaged file): stop the run, or skip it, go on "
                        "and exit 8 with the failures listed in the outputs' run record.")]
+OnMissingCameraOpt = Annotated[OnMissingCamera, typer.Option(
+    "--on-missing-camera", help="A camera without a readable image or without calibration: "
+                                "error (the frame fails), or zero (it gets zero features; the "
+                                "run record lists it under camera_dropouts).")]
 
 # ---- which boxes a run reports (sinks/threshold.py)
 ScoreThresholdOpt = Annotated[Optional[float], typer.Option(

@@ -43,20 +43,35 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to create (writ
           seed: int = typer.Option(0, help="Random seed; the same seed writes the same bytes."),
           density: float = typer.Option(1.0, help="LiDAR azimuth density (1.0 ≈ 30k points/sweep)."),
           overwrite: bool = typer.Option(False, help="Replace an existing directory."),
+          preset: Optional[str] = typer.Option(
+              None, help="Render this preset's cameras (count, names, raw size; name or YAML "
+              "path): nuScenes' geometry for nuScenes' cameras, else evenly around the roof "
+              "facing outwards. Default: nuScenes' six cameras."),
+          rig: Optional[Path] = typer.Option(
+              None, help="With --preset: a rig file (`bevdeploy rig`, README 'Rig files') whose "
+              "intrinsics and extrinsics the cameras get."),
           bag: Optional[Path] = typer.Option(None, help="Also write the world as a ROS 2 bag "
                                              "(.mcap); the dataset at --out is its ground "
                                              "truth (`eval --bag BAG --data OUT`).")) -> None:
     """Write a synthetic world as a nuScenes-format dataset (v1.0-mini tables and files)."""
     from bevdeploy.data.synthetic import write_world
+    from bevdeploy.data.synthetic.preset_rig import synth_rig
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.presets import get_preset
 
     if bag is not None and bag.exists() and not overwrite:  # before minutes of simulation
         from bevdeploy.errors import OutputError
 
         raise OutputError("already exists; pass --overwrite to replace it", path=bag,
                           field="--bag")
+    if rig is not None and preset is None:
+        raise ConfigError("--rig places the cameras of a preset: give --preset too",
+                          field="--rig")
+    cameras = synth_rig(None if preset is None else get_preset(preset), rig)
+    console.print(f"cameras: {cameras.description}", highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     root = write_world(out, scenes=scenes, samples=samples, seed=seed, density=density,
-                       overwrite=overwrite)
+                       overwrite=overwrite, cameras=cameras.cameras)
     console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
     if bag is not None:
         from bevdeploy.data.synthetic.bag import write_bag

@@ -22,6 +22,9 @@ from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, DataOpt, 
                                     ThreadsOpt, TopicsOpt, VersionOpt)
 from bevdeploy.cli._options import OverwriteOpt
 from bevdeploy.cli._options import CpusPerWorkerOpt, GpusPerWorkerOpt, RayOpt, WorkersOpt
+from bevdeploy.cli._options import OnMissingCameraOpt
+from bevdeploy.cli._dropout import camera_dropout
+from bevdeploy.data.camera_dropout import OnMissingCamera
 from bevdeploy.frame_loop import OnError
 
 
@@ -88,6 +91,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           gpu_config: GpuConfigOpt = None,
           schedule: ScheduleOpt = "sequential",
           on_error: ErrorPolicyOpt = OnError.stop,
+          on_missing_camera: OnMissingCameraOpt = OnMissingCamera.error,
           overwrite: OverwriteOpt = False,
           ray: RayOpt = None,
           workers: WorkersOpt = 2,
@@ -125,6 +129,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         raise ConfigError("single-frame mode needs all of --pcd, --images and --calib",
                           field="--pcd")
     cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    dropout = camera_dropout(on_missing_camera, None, dataset=data is not None, ray=ray)
     target = claim_output(out, overwrite=overwrite)  # locked and checked before any frame
     staging = target.staging
     assert staging is not None
@@ -143,7 +148,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
 
         source = open_bag(bag, p, topics=topics, slop=sync_slop)
     else:
-        source = DatasetSource(data, p, version=version, split=split, limit=limit)
+        source = DatasetSource(data, p, version=version, split=split, limit=limit,
+                               dropout=dropout)
     timings = StageTimings()
     threshold = report_threshold(p, score_threshold, keep_all)
     counted = BoxCount()
@@ -199,10 +205,11 @@ def eval_cmd(data: DataOpt,
              gpu_config: GpuConfigOpt = None,
              schedule: ScheduleOpt = "sequential",
              on_error: ErrorPolicyOpt = OnError.stop,
+             on_missing_camera: OnMissingCameraOpt = OnMissingCamera.error,
+             drop_camera: Optional[list[str]] = typer.Option(
+                 None, "--drop-camera", help="Run as if this camera had no data (zero "
+                 "features), to measure what it is worth; repeatable."),
              overwrite: OverwriteOpt = False,
-             plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the devkit's "
-                                        "PR and TP-error figures and a per-class AP chart to "
-                                        "OUT/plots."),
              ray: RayOpt = None,
              workers: WorkersOpt = 2,
              cpus_per_worker: CpusPerWorkerOpt = 1.0,
@@ -216,10 +223,10 @@ def eval_cmd(data: DataOpt,
     from bevdeploy.frame_loop import run_frames
     from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
-    from bevdeploy.eval.plots import PLOTS_DIR
     from bevdeploy.sinks import Metrics
 
     cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
+    dropout = camera_dropout(on_missing_camera, drop_camera, dataset=bag is None, ray=ray)
     target = claim_output(out, overwrite=overwrite)
     options = detector.check_options(package=package is not None, backend=backend,
                                      schedule=schedule, gpu_config=gpu_config)
@@ -236,7 +243,7 @@ def eval_cmd(data: DataOpt,
                                keys=dataset_keys(data, p, version=version, split=split))
     else:
         source = DatasetSource(data, p, version=version, split=split,  # before the model
-                               limit=limit)
+                               limit=limit, dropout=dropout)
     assert target.staging is not None
     metrics = Metrics(data, target.staging, version=version, split=split)
     with open_detector(pkg if pkg is not None else p, cluster, source,
@@ -244,7 +251,6 @@ def eval_cmd(data: DataOpt,
                        gpu_config=options.gpu_config, schedule=options.schedule,
                        random_ok=False) as model:
         _say_weights(model)
-        metrics.plots = plots
         if cluster is None:
             say_if_compiling(err_console, options.backend)
         loop, written = run_frames(source, model, [metrics], on_error=on_error,
@@ -256,8 +262,6 @@ def eval_cmd(data: DataOpt,
     loop.raise_if_ended()
     assert metrics.result is not None
     console.print(metrics.result.table())
-    if plots and written:
-        console.print(f"plots in {Path(written[-1]).parent / PLOTS_DIR}", highlight=False)
     console.print(f"{loop.summary()}; wrote " + " and ".join(str(w) for w in written),
                   highlight=False, soft_wrap=True)
     finish(loop)

@@ -120,6 +120,9 @@ class Frame:
 
     ``images`` are raw camera images in the preset's camera order (N×H×W×3 uint8 RGB);
     ``points`` are P×F float32 (x, y, z, intensity, time lag in seconds for F = 5).
+    ``dropped`` names the cameras the frame has no data for (camera → why: a missing image, an
+    absent calibration, ``eval --drop-camera``); their image is zeros and every detector gives
+    them zero depth weights, so they add exactly nothing to the camera BEV (``present``).
     """
 
     images: np.ndarray
@@ -129,6 +132,13 @@ class Frame:
     timestamp: int = 0  # µs, of the key LiDAR sweep
     gt: GroundTruth | None = None
     source: str = ""  # where it came from, for error messages
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def present(self) -> np.ndarray:
+        """(N,) bool in camera order: False for a dropped camera."""
+        return np.array([name not in self.dropped for name in self.calib.camera_names],
+                        dtype=bool)
 
     def validate(self, num_features: int | None = None) -> "Frame":
         src = self.source or self.token or "<frame>"
@@ -149,6 +159,10 @@ class Frame:
             raise InputError(f"expected floating-point points, got {self.points.dtype}",
                              path=src, field="points")
         _finite(self.points, src, "points")
+        unknown = sorted(set(self.dropped) - set(self.calib.camera_names))
+        if unknown:
+            raise InputError(f"dropped camera(s) {unknown} are not among "
+                             f"{list(self.calib.camera_names)}", path=src, field="dropped")
         self.calib.validate(src)
         return self
 

@@ -32,8 +32,10 @@ from nuscenes.utils.data_classes import Box
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
+from bevdeploy.data.camera_dropout import (CameraDropout, load_camera_images,
+                                           placeholder_calibration)
 from bevdeploy.data.frame import Calibration, Detections, Frame, GroundTruth
-from bevdeploy.data.readers import SweepPolicy, Sweep, read_images, read_multisweep
+from bevdeploy.data.readers import SweepPolicy, Sweep, read_multisweep
 from bevdeploy.errors import ConfigError, DatasetError, InputError
 from bevdeploy.io import atomic_write
 from bevdeploy.presets import Preset, get_preset
@@ -146,14 +148,18 @@ class RecordFrames(ABC, Sequence[Frame]):
     ``"random"`` reproduces the reference's random choice, seeded per sample from ``seed`` and
     the sample token so a frame does not depend on access order. ``pad_empty_sweeps`` (default
     on, as the reference's config) repeats the key sweep for a frame without previous sweeps.
+    ``dropout`` says what a camera without a record or a readable image does
+    (``data.camera_dropout``: refused by default).
     """
 
     version: str
 
     def __init__(self, preset: Preset | str, *, sweeps: int | None = None,
                  sweep_policy: SweepPolicy = "nearest", seed: int = 0,
-                 pad_empty_sweeps: bool = True, with_gt: bool = True) -> None:
+                 pad_empty_sweeps: bool = True, with_gt: bool = True,
+                 dropout: CameraDropout = CameraDropout()) -> None:
         self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.dropout = dropout.checked(self.preset.cameras.names)
         self.sweeps = self.preset.points.sweeps if sweeps is None else sweeps
         if self.sweeps < 0:
             raise ConfigError(f"must be >= 0, got {self.sweeps}", field="sweeps")
@@ -185,13 +191,17 @@ class RecordFrames(ABC, Sequence[Frame]):
 
     def frame(self, rec: SampleRecord) -> Frame:
         """Read a record's images and points and assemble its Frame."""
-        names = self.preset.cameras.names
+        names, raw_size = self.preset.cameras.names, self.preset.cameras.raw_size
         missing = [c for c in names if c not in rec.cameras]
-        if missing:
+        if missing and not self.dropout.tolerant:
             raise DatasetError(f"sample {rec.token} has no camera(s) {missing} of the preset "
                                f"(it has {sorted(rec.cameras)})", path=rec.source, field="cams")
-        cams = [rec.cameras[c] for c in names]
-        images = read_images([c.path for c in cams], names, self.preset.cameras.raw_size)
+        images, dropped = load_camera_images(
+            {c: r.path for c, r in rec.cameras.items()}, names, raw_size, self.dropout,
+            absent={c: "no calibration: the sample has no record of this camera"
+                    for c in missing})
+        k0, c2l0 = placeholder_calibration(raw_size)
+        cams = [rec.cameras.get(c) for c in names]
         rng = None
         if self.sweep_policy == "random":
             rng = np.random.RandomState([self.seed, zlib.crc32(rec.token.encode())])
@@ -202,14 +212,16 @@ class RecordFrames(ABC, Sequence[Frame]):
             pad_empty_sweeps=self.pad_empty_sweeps, num_features=self.preset.points.num_features)
         calib = Calibration(
             camera_names=tuple(names),
-            intrinsics=np.stack([c.intrinsics for c in cams]).astype(np.float64),
-            camera2lidar=np.stack([c.sensor2lidar for c in cams]).astype(np.float64),
+            intrinsics=np.stack([k0 if c is None else c.intrinsics
+                                 for c in cams]).astype(np.float64),
+            camera2lidar=np.stack([c2l0 if c is None else c.sensor2lidar
+                                   for c in cams]).astype(np.float64),
             lidar2ego=rec.lidar.sensor2ego.matrix(),
             ego2global=rec.lidar.ego2global.matrix())
         gt = (rec.annotations.ground_truth()
               if self.with_gt and rec.annotations is not None else None)
         frame = Frame(images=images, points=points, calib=calib, token=rec.token,
-                      timestamp=rec.timestamp, gt=gt, source=rec.source)
+                      timestamp=rec.timestamp, gt=gt, source=rec.source, dropped=dropped)
         return frame.validate(self.preset.points.num_features)
 
 
@@ -225,9 +237,10 @@ class NuScenesLoader(RecordFrames):
     def __init__(self, dataroot: str | Path, version: str = "v1.0-trainval", split: str = "val",
                  *, preset: Preset | str, sweeps: int | None = None,
                  sweep_policy: SweepPolicy = "nearest", seed: int = 0, with_gt: bool = True,
-                 pad_empty_sweeps: bool = True, max_sweeps: int = MAX_SWEEPS) -> None:
+                 pad_empty_sweeps: bool = True, max_sweeps: int = MAX_SWEEPS,
+                 dropout: CameraDropout = CameraDropout()) -> None:
         super().__init__(preset, sweeps=sweeps, sweep_policy=sweep_policy, seed=seed,
-                         pad_empty_sweeps=pad_empty_sweeps, with_gt=with_gt)
+                         pad_empty_sweeps=pad_empty_sweeps, with_gt=with_gt, dropout=dropout)
         if self.sweeps > max_sweeps:
             raise ConfigError(f"{self.sweeps} sweeps asked for but only max_sweeps={max_sweeps} "
                               "previous sweeps are collected per sample; raise max_sweeps",
@@ -263,6 +276,8 @@ class NuScenesLoader(RecordFrames):
         sample = nusc.get("sample", self._tokens[index])
         source = f"{self.dataroot / self.version} sample {sample['token']}"
         channels = [LIDAR_CHANNEL, *self.preset.cameras.names]
+        if self.dropout.tolerant:  # a camera without a record is dropped by ``frame``
+            channels = [LIDAR_CHANNEL]
         missing = [c for c in channels if c not in sample["data"]]
         if missing:
             raise DatasetError(f"sample {sample['token']} has no sample_data for {missing}",
@@ -292,7 +307,7 @@ class NuScenesLoader(RecordFrames):
             location=nusc.get("log", scene["log_token"])["location"],
             lidar=sensor(lidar_sd, camera=False),
             cameras={c: sensor(nusc.get("sample_data", sample["data"][c]), camera=True)
-                     for c in self.preset.cameras.names},
+                     for c in self.preset.cameras.names if c in sample["data"]},
             sweeps=sweeps, annotations=self._annotations(sample, lidar_sd["token"], lidar2ego,
                                                          key_pose),
             source=source)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from bevdeploy.data.camera_dropout import CameraDropout
 from bevdeploy.data.frame import Frame
 from bevdeploy.errors import ConfigError
 from bevdeploy.presets import Preset
@@ -38,13 +39,15 @@ class FrameSource(Protocol):
 
 class DatasetSource:
     """The frames of one split of a nuScenes-format dataset (``data.nuscenes.NuScenesLoader``),
-    optionally only the first ``limit``. Opening it reads the dataset's tables, so a wrong root
-    or split fails before any model loads."""
+    optionally only the first ``limit``; ``dropout`` says what a camera without data does
+    (``data.camera_dropout``). Opening it reads the dataset's tables, so a wrong root or split
+    fails before any model loads."""
 
     global_poses = True
 
     def __init__(self, root: str | Path, preset: Preset, *, version: str = "v1.0-mini",
-                 split: str = "mini_val", limit: int | None = None) -> None:
+                 split: str = "mini_val", limit: int | None = None,
+                 dropout: CameraDropout = CameraDropout()) -> None:
         from bevdeploy.data.nuscenes import NuScenesLoader
 
         if limit is not None and limit < 1:
@@ -52,7 +55,9 @@ class DatasetSource:
         self.root = Path(root)
         self.version = version
         self.split = split
-        self.loader = NuScenesLoader(root, version=version, split=split, preset=preset)
+        self.dropout = dropout
+        self.loader = NuScenesLoader(root, version=version, split=split, preset=preset,
+                                     dropout=dropout)
         self._count = len(self.loader) if limit is None else min(limit, len(self.loader))
 
     def __len__(self) -> int:

@@ -66,7 +66,8 @@ class BEVFusion(nn.Module):
         feat = feat.reshape(b, n, *feat.shape[1:])
         return camera["vtransform"](feat, batch.points, batch.camera2lidar,
                                     batch.camera_intrinsics, batch.img_aug_matrix,
-                                    batch.lidar_aug_matrix, batch.lidar2image)
+                                    batch.lidar_aug_matrix, batch.lidar2image,
+                                    present=batch.camera_present)
 
     def extract_lidar_features(self, points: Sequence[Tensor]) -> Tensor:
         """Points → LiDAR BEV ``(B, C·Z, X, Y)``: hard voxelization (mean), sparse encoder.

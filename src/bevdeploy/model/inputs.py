@@ -38,6 +38,7 @@ class ModelBatch:
     img_aug_matrix: Tensor
     lidar_aug_matrix: Tensor
     lidar2image: Tensor
+    camera_present: Tensor | None = None  # (B, N) bool (``Frame.present``); None: every camera
 
     @property
     def batch_size(self) -> int:
@@ -49,7 +50,7 @@ class ModelBatch:
         for f in fields(self):
             value = getattr(self, f.name)
             moved[f.name] = ([p.to(device) for p in value] if isinstance(value, list)
-                             else value.to(device))
+                             else None if value is None else value.to(device))
         return ModelBatch(**moved)
 
 
@@ -116,7 +117,7 @@ def collate(frames: Sequence[Frame], preset: Preset, *, fp16_points: bool = Fals
     """
     if not frames:
         raise InputError("no frames to collate", field="frames")
-    imgs, points, c2l, intr, aug, l2i = [], [], [], [], [], []
+    imgs, points, c2l, intr, aug, l2i, present = [], [], [], [], [], [], []
     for frame in frames:
         _check_frame(frame, preset)
         pts = filter_points(np.asarray(frame.points, dtype=np.float32),
@@ -129,6 +130,7 @@ def collate(frames: Sequence[Frame], preset: Preset, *, fp16_points: bool = Fals
         intr.append(intrinsics_4x4(frame.calib.intrinsics))
         aug.append(img_aug_matrices(preset.cameras))
         l2i.append(lidar2image(frame.calib))
+        present.append(frame.present)
 
     def stack(arrays: list[np.ndarray]) -> Tensor:
         return torch.from_numpy(np.stack(arrays).astype(np.float32))
@@ -141,4 +143,6 @@ def collate(frames: Sequence[Frame], preset: Preset, *, fp16_points: bool = Fals
         img_aug_matrix=stack(aug),
         lidar_aug_matrix=torch.eye(4).repeat(len(frames), 1, 1),
         lidar2image=stack(l2i),
+        camera_present=None if all(p.all() for p in present) else torch.from_numpy(
+            np.stack(present)),
     )

@@ -231,7 +231,7 @@ class Pipeline:
             depth = self.depth.run(points, lidar2image(frame.calib))
         with timer(self.geometry.name):
             plan = self.geometry.run(frame.calib)
-        return CameraInputs(img, depth, plan)
+        return CameraInputs(img, depth, plan, frame.present)
 
     def camera_features(self, inputs: CameraInputs, timer: StageTimer) -> np.ndarray:
         """Camera inputs → camera BEV ``(1, C, X, Y)`` (backbone, bevpool, vtransform)."""
@@ -239,7 +239,7 @@ class Pipeline:
             out = self.runners["camera.backbone"].run({"img": inputs.img, "depth": inputs.depth})
         with timer(self.bevpool.name):
             bev = self.bevpool.run(out["camera_depth_weights"], out["camera_feature"],
-                                   inputs.plan)
+                                   inputs.plan, present=inputs.present)
         with timer("camera.vtransform"):
             return self.runners["camera.vtransform"].run({"feat_in": bev})["feat_out"]
 

@@ -31,7 +31,8 @@ from bevdeploy.data.bags.msgdefs import header
 from bevdeploy.data.bags.pointcloud2 import encode_pointcloud2
 from bevdeploy.data.bags.tf import matrix_quaternion
 from bevdeploy.data.synthetic.camera import render
-from bevdeploy.data.synthetic.rig import camera
+from bevdeploy.data.synthetic.preset_rig import marker_cameras
+from bevdeploy.data.synthetic.rig import CameraSpec
 from bevdeploy.data.synthetic.world import SceneSim, build_world
 from bevdeploy.data.synthetic.writer import (JPEG_QUALITY, MARKER, VERSION,
                                              camera_trigger_offset_us)
@@ -65,6 +66,7 @@ def write_bag(dataset: str | Path, out: str | Path, *, scenes: Sequence[str] | N
               for name in ("sample_data", "calibrated_sensor", "sensor", "ego_pose", "sample",
                            "scene")}
     world = build_world(marker["seed"], marker["scenes"], marker["samples"])
+    cameras = marker_cameras(marker, root / MARKER)
     with atomic_file(out) as handle:
         writer = Writer(handle)
         schemas = {name: writer.register_msgdef(name, msgdefs.msgdef(name)) for name in (
@@ -79,7 +81,7 @@ def write_bag(dataset: str | Path, out: str | Path, *, scenes: Sequence[str] | N
         for sim in world:
             if scenes is not None and sim.name not in scenes:
                 continue
-            events = _SceneEvents(root, sim, rows[sim.name], tables).events()
+            events = _SceneEvents(root, sim, rows[sim.name], tables, cameras).events()
             if first:
                 t0 = events[0][0]
                 writer.write_message("/tf_static", schemas[msgdefs.TF_MESSAGE],
@@ -134,8 +136,9 @@ class _SceneEvents:
     """Every message of one scene as (ns, topic, schema, build), sorted by time."""
 
     def __init__(self, root: Path, sim: SceneSim, rows: list[dict[str, Any]],
-                 tables: dict[str, list[dict[str, Any]]]) -> None:
-        self.root, self.sim, self.rows = root, sim, rows
+                 tables: dict[str, list[dict[str, Any]]], cameras: dict[str, CameraSpec]
+                 ) -> None:
+        self.root, self.sim, self.rows, self.cameras = root, sim, rows, cameras
         self.intrinsics = {cs["token"]: cs["camera_intrinsic"]
                            for cs in tables["calibrated_sensor"]}
         keys = sorted({r["timestamp"] for r in rows if r["channel"] == "LIDAR_TOP"
@@ -169,7 +172,7 @@ class _SceneEvents:
     def _camera(self, name: str, start: int, end: int
                 ) -> list[tuple[int, str, str, Callable[[], Any]]]:
         """12 Hz images phase-locked to the key frames' trigger times (module doc)."""
-        spec = camera(name)
+        spec = self.cameras[name]
         offset = camera_trigger_offset_us(spec)
         files = {r["timestamp"]: r for r in self.rows if r["channel"] == name}
         period = 1e6 / CAMERA_HZ
@@ -191,7 +194,7 @@ class _SceneEvents:
         if row is not None:
             data = (self.root / row["filename"]).read_bytes()
         else:
-            spec, t = camera(name), (us - self.base_us) * 1e-6
+            spec, t = self.cameras[name], (us - self.base_us) * 1e-6
             view = render(spec, self.sim.ego.pose(t) @ spec.camera2ego,
                           self.sim.actors.bodies(t), self.sim.actors.colour, self.sim.sun)
             buffer = io.BytesIO()
@@ -200,7 +203,7 @@ class _SceneEvents:
         return {"header": header(us * 1000, name.lower()), "format": "jpeg", "data": data}
 
     def _info(self, name: str, us: int, k: np.ndarray) -> dict[str, Any]:
-        spec = camera(name)
+        spec = self.cameras[name]
         p = np.zeros((3, 4))
         p[:, :3] = k
         return {"header": header(us * 1000, name.lower()), "height": spec.height,

@@ -8,7 +8,7 @@ bounding box; inverse depth is affine in (u, v) on a planar face, so the depth t
 Pixel (row v, column u) samples the image point (u, v) of the pinhole model, the convention of
 nuScenes intrinsics and of ``bevdeploy.data.preprocess.lidar2image``.
 
-The background depends only on the camera (the rig is level and the ground is the plane z = 0),
+The background depends only on the camera (the ground is the plane z = 0),
 so ``background_image`` tells exactly what a pixel looks like where no object is in view, before
 JPEG compression (which moves flat colours by a few levels).
 """
@@ -48,7 +48,12 @@ _FACES = (
 
 @lru_cache(maxsize=None)
 def _background(cam: CameraSpec) -> np.ndarray:
-    """Sky and ground as a level camera at its mounting height sees them."""
+    """Sky and ground as the camera at its mounting height sees them."""
+    return _level_background(cam) if cam.level else _mounted_background(cam)
+
+
+def _level_background(cam: CameraSpec) -> np.ndarray:
+    """The background of a level camera: the horizon is an image row."""
     # Ray of each pixel in camera coordinates (x right, y down, z forward) is (x, y, 1); the
     # camera is level, so y is straight down and rows with y > 0 (below v = cy) see the ground.
     x = ((np.arange(cam.width) - cam.principal[0]) / cam.focal)[None, :]
@@ -62,6 +67,27 @@ def _background(cam: CameraSpec) -> np.ndarray:
     for ch in range(3):
         image[:horizon, :, ch] = np.round(_HAZE[ch] + (_SKY_ZENITH[ch] - _HAZE[ch]) * blend)
         image[horizon:, :, ch] = np.round(_GROUND_NEAR[ch] + (_HAZE[ch] - _GROUND_NEAR[ch]) * fog)
+    image.setflags(write=False)
+    return image
+
+
+def _mounted_background(cam: CameraSpec) -> np.ndarray:
+    """The background of a camera mounted with any rotation: the same sky and ground colours
+    as ``_level_background`` (which this equals for a level camera, up to rounding), computed
+    per pixel from its ray in the ego frame."""
+    k = cam.intrinsics
+    u = (np.arange(cam.width) - k[0, 2]) / k[0, 0]
+    v = (np.arange(cam.height) - k[1, 2]) / k[1, 1]
+    rays = np.stack(np.broadcast_arrays(u[None, :], v[:, None], 1.0), axis=-1) @ cam.rotation.T
+    horizontal = np.hypot(rays[..., 0], rays[..., 1])
+    down = -rays[..., 2]
+    ground = down > 0
+    fog = 1.0 - np.exp(-cam.translation[2] * horizontal / np.where(ground, down, 1.0)
+                       / _HAZE_DISTANCE)
+    blend = np.clip(np.arctan2(-down, horizontal) / 0.6, 0.0, 1.0)
+    sky = _HAZE + (_SKY_ZENITH - _HAZE) * blend[..., None]
+    floor = _GROUND_NEAR + (_HAZE - _GROUND_NEAR) * fog[..., None]
+    image = np.round(np.where(ground[..., None], floor, sky)).astype(np.uint8)
     image.setflags(write=False)
     return image
 
@@ -195,8 +221,9 @@ def _may_be_in_view(corners: np.ndarray, cam: CameraSpec) -> bool:
         return False
     if (z < NEAR_PLANE).any():
         return True
-    u = cam.focal * corners[:, 0] / z + cam.principal[0]
-    v = cam.focal * corners[:, 1] / z + cam.principal[1]
+    k = cam.intrinsics
+    u = k[0, 0] * corners[:, 0] / z + k[0, 2]
+    v = k[1, 1] * corners[:, 1] / z + k[1, 2]
     return not ((u < 0).all() or (u > cam.width - 1).all() or (v < 0).all()
                 or (v > cam.height - 1).all())
 

@@ -56,27 +56,41 @@ def quaternion_wxyz(rotation: np.ndarray) -> list[float]:
 
 @dataclass(frozen=True)
 class CameraSpec:
-    """One pinhole camera, level with the ground, mounted on the ego vehicle."""
+    """One pinhole camera mounted on the ego vehicle: level with the ground and turned by
+    ``yaw_deg`` (the synthetic rigs), or mounted with any rotation ``mount`` and focal lengths
+    ``focal``/``focal_y`` (a rig file's camera, ``rig_file_cameras``)."""
 
     name: str
-    focal: float  # px, fx = fy
+    focal: float  # px, fx (and fy unless ``focal_y``)
     principal: tuple[float, float]  # (cx, cy) px
     translation: tuple[float, float, float]  # camera centre in the ego frame, metres
     yaw_deg: float  # optical-axis heading in the ego frame, from +x (forward) toward +y (left)
     width: int = IMAGE_WIDTH
     height: int = IMAGE_HEIGHT
+    focal_y: float | None = None  # px, fy where it differs from fx
+    # 3×3 camera → ego rotation (rows) of a camera that is not level; None: level at yaw_deg
+    mount: tuple[tuple[float, float, float], ...] | None = None
+
+    @property
+    def level(self) -> bool:
+        """Optical axis horizontal and image rows parallel to the ground (no ``mount``)."""
+        return self.mount is None
 
     @cached_property
     def intrinsics(self) -> np.ndarray:
         """3×3 K in pixels of the raw image."""
         k = np.eye(3)
         k[0, 0] = k[1, 1] = self.focal
+        if self.focal_y is not None:
+            k[1, 1] = self.focal_y
         k[0, 2], k[1, 2] = self.principal
         return k
 
     @cached_property
     def rotation(self) -> np.ndarray:
         """3×3 camera → ego rotation."""
+        if self.mount is not None:
+            return np.array(self.mount, dtype=np.float64)
         return yaw_matrix(np.deg2rad(self.yaw_deg)) @ _FORWARD_CAMERA
 
     @cached_property

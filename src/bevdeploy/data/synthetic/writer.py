@@ -11,7 +11,7 @@ unchanged and ``DetectionEval`` evaluates on the ``mini_train`` / ``mini_val`` s
 * every sample_data with its own ego pose, so calibration through the global frame includes
   the ego motion between captures, as in nuScenes;
 * ``sample_annotation`` in the global frame with ``num_lidar_pts`` counted in the key sweep
-  (points inside the annotated box), visibility measured from the six renders and the
+  (points inside the annotated box), visibility measured from the camera renders and the
   devkit's attributes.
 
 Tokens are hashes of the seed and the record's identity and nothing else reads a clock or the
@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from bevdeploy import __version__
 from bevdeploy.data.boxes import points_in_boxes
 from bevdeploy.data.synthetic.camera import render
 from bevdeploy.data.synthetic.lidar import scan
+from bevdeploy.data.synthetic.preset_rig import cameras_to_json
 from bevdeploy.data.synthetic.rig import CAMERAS, LIDAR, CameraSpec, quaternion_wxyz, yaw_matrix
 from bevdeploy.data.synthetic.world import (
     DRIVABLE_HALF_WIDTH, GROUND_REFLECTIVITY, MAP_MARGIN, MAX_SCENES, NEIGHBOURHOOD_HALF_WIDTH,
@@ -70,7 +72,8 @@ VISIBILITY: tuple[tuple[str, str, str, float], ...] = (
 
 
 def write_world(out: str | Path, scenes: int = 2, samples: int = 10, seed: int = 0,
-                density: float = 1.0, overwrite: bool = False) -> Path:
+                density: float = 1.0, overwrite: bool = False,
+                cameras: Sequence[CameraSpec] = CAMERAS) -> Path:
     """Simulate and write a synthetic nuScenes ``v1.0-mini`` dataset to ``out``.
 
     ``scenes`` (1..10) are named after the devkit's mini splits, alternating ``mini_train`` and
@@ -78,18 +81,24 @@ def write_world(out: str | Path, scenes: int = 2, samples: int = 10, seed: int =
     azimuth resolution (1.0 ≈ 30k points per sweep). The dataset is assembled in a temporary
     directory next to ``out`` and renamed into place at the end, so ``out`` is never
     half-written. An existing ``out`` is refused unless ``overwrite``, and even then only if it
-    is empty or was written by this function. Returns the absolute path of the dataset.
+    is empty or was written by this function. ``cameras`` are the rig's (default nuScenes'
+    six, ``preset_rig.synth_rig`` for a preset's); any other rig is recorded in the marker
+    file. Returns the absolute path of the dataset.
     """
     out = Path(os.path.abspath(out))  # lexical: '..' resolved, a symlinked out not followed
     _check_arguments(out, scenes, samples, seed, density)
+    cameras = _check_cameras(out, cameras)
     world = build_world(seed, scenes, samples)
     _check_target(out, overwrite)
     staging = staging_dir(out)
     try:
-        _write(staging, world, seed, density)
-        (staging / MARKER).write_text(json.dumps({
+        _write(staging, world, seed, density, cameras)
+        marker: dict[str, object] = {
             "generator": "bevdeploy.data.synthetic", "bevdeploy": __version__, "version": VERSION,
-            "scenes": scenes, "samples": samples, "seed": seed, "density": density}, indent=1))
+            "scenes": scenes, "samples": samples, "seed": seed, "density": density}
+        if cameras != CAMERAS:  # the default world's marker stays as it always was
+            marker["cameras"] = cameras_to_json(cameras)
+        (staging / MARKER).write_text(json.dumps(marker, indent=1))
         replace_dir(staging, out)
     except OSError as exc:  # a full disk while writing
         shutil.rmtree(staging, ignore_errors=True)
@@ -114,6 +123,18 @@ def _check_arguments(out: Path, scenes: int, samples: int, seed: int, density: f
     if not (isinstance(density, (int, float)) and 0 < density <= MAX_DENSITY):
         raise ConfigError(f"density must be in (0, {MAX_DENSITY}], got {density!r}", path=out,
                           field="density")
+
+
+def _check_cameras(out: Path, cameras: Sequence[CameraSpec]) -> tuple[CameraSpec, ...]:
+    """At least one camera, unique names that make folder and file names, one LiDAR name."""
+    cameras = tuple(cameras)
+    names = [c.name for c in cameras]
+    bad = [n for n in names if not n or not all(ch.isalnum() or ch in "_-" for ch in n)
+           or n == LIDAR.name]
+    if not cameras or bad or len(set(names)) != len(names):
+        raise ConfigError(f"a rig needs one or more uniquely named cameras (letters, digits, "
+                          f"_ and -; not {LIDAR.name}), got {names}", path=out, field="cameras")
+    return cameras
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -187,9 +208,10 @@ class _Tables:
             (folder / f"{name}.json").write_text(json.dumps(rows, indent=1))
 
 
-def _write(root: Path, world: list[SceneSim], seed: int, density: float) -> None:
+def _write(root: Path, world: list[SceneSim], seed: int, density: float,
+           cameras: tuple[CameraSpec, ...]) -> None:
     tables = _Tables()
-    for channel in [c.name for c in CAMERAS] + [LIDAR.name]:
+    for channel in [c.name for c in cameras] + [LIDAR.name]:
         modality = "lidar" if channel == LIDAR.name else "camera"
         tables.add("sensor", token=_token(seed, "sensor", channel), channel=channel,
                    modality=modality)
@@ -201,11 +223,11 @@ def _write(root: Path, world: list[SceneSim], seed: int, density: float) -> None
                    description=description)
     for token, level, description, _upper in VISIBILITY:
         tables.add("visibility", token=token, level=level, description=description)
-    for folder in [f"samples/{c.name}" for c in CAMERAS] + [f"samples/{LIDAR.name}",
+    for folder in [f"samples/{c.name}" for c in cameras] + [f"samples/{LIDAR.name}",
                                                            f"sweeps/{LIDAR.name}", "maps"]:
         (root / folder).mkdir(parents=True)
     for sim in world:
-        _SceneWriter(root, sim, seed, tables).write(density)
+        _SceneWriter(root, sim, seed, tables, cameras).write(density)
     tables.write(root / VERSION)
 
 
@@ -216,8 +238,10 @@ class _SceneWriter:
     timestamps (µs, as the tables store them) convert through ``base_us``.
     """
 
-    def __init__(self, root: Path, sim: SceneSim, seed: int, tables: _Tables) -> None:
+    def __init__(self, root: Path, sim: SceneSim, seed: int, tables: _Tables,
+                 cameras: tuple[CameraSpec, ...]) -> None:
         self.root, self.sim, self.seed, self.tables = root, sim, seed, tables
+        self.cameras = cameras
         self.base_us = _EPOCH_US + (seed % 1000) * 86_400_000_000 + sim.index * 3_600_000_000
         when = datetime.fromtimestamp(self.base_us // 1_000_000, tz=timezone.utc)
         self.date = f"{when:%Y-%m-%d}"
@@ -264,7 +288,7 @@ class _SceneWriter:
                         category="semantic_prior", filename=filename)
 
     def _calibration(self) -> None:
-        for cam in CAMERAS:
+        for cam in self.cameras:
             self.tables.add("calibrated_sensor", token=self.token("calibrated_sensor", cam.name),
                             sensor_token=_token(self.seed, "sensor", cam.name),
                             translation=_floats(cam.translation),
@@ -327,7 +351,7 @@ class _SceneWriter:
         sim, actors = self.sim, self.sim.actors
         seen = np.zeros((sim.samples, len(actors)))
         whole = np.zeros((sim.samples, len(actors)))
-        for cam in CAMERAS:
+        for cam in self.cameras:
             chain = []
             for k in range(sim.samples):
                 t_us = self.base_us + k * SAMPLE_INTERVAL_US + camera_trigger_offset_us(cam)

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.model.bevfusion import BEVFusion
+from bevdeploy.model.camera.depth_lss import absent_zeroed
 from bevdeploy.model.inputs import collate
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.schedules import CudaSchedule
@@ -58,7 +59,8 @@ def run_reference(model: BEVFusion, frame: Frame) -> tuple[SideOutputs, np.ndarr
         weights, feats = vt.depth_and_features(feat, depth.flatten(0, 1))
         geom = vt.get_geometry(batch.camera2lidar, batch.camera_intrinsics,
                                batch.img_aug_matrix, batch.lidar_aug_matrix)
-        pooled = vt.bev_pool(geom, weights.view(1, n, d, h, w),
+        pooled = vt.bev_pool(geom, absent_zeroed(weights.view(1, n, d, h, w),
+                                                 batch.camera_present),
                              feats.view(1, n, vt.out_channels, h, w))
         camera_bev = vt.downsample(pooled)
         voxel_feats, voxel_coords, _ = lidar["voxelize"](batch.points)

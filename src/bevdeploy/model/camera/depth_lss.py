@@ -219,15 +219,19 @@ class DepthLSSTransform(nn.Module):
 
     def forward(self, img_feat: torch.Tensor, points: Sequence[torch.Tensor],
                 camera2lidar: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
-                lidar_aug: torch.Tensor, lidar2image: torch.Tensor) -> torch.Tensor:
-        """(B, N, Cin, fH, fW) neck features + points + matrices → camera BEV (B, C, X', Y')."""
+                lidar_aug: torch.Tensor, lidar2image: torch.Tensor,
+                present: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, Cin, fH, fW) neck features + points + matrices → camera BEV (B, C, X', Y').
+        A camera with ``present`` (B, N) False has no data (``Frame.dropped``): its depth
+        weights are zeroed before pooling, so it adds exact zeros to every cell."""
         self._check_inputs(img_feat, points, camera2lidar, intrinsics, img_aug, lidar_aug,
                            lidar2image)
         b, n, _, h, w = img_feat.shape
         depth = self.depth_map(points, lidar2image, img_aug, lidar_aug)
         weights, feats = self.depth_and_features(img_feat.flatten(0, 1), depth.flatten(0, 1))
         geom = self.get_geometry(camera2lidar, intrinsics, img_aug, lidar_aug)
-        bev = self.bev_pool(geom, weights.view(b, n, self.depth_bins, h, w),
+        bev = self.bev_pool(geom, absent_zeroed(weights.view(b, n, self.depth_bins, h, w),
+                                                present),
                             feats.view(b, n, self.out_channels, h, w))
         return self.downsample(bev)
 
@@ -247,6 +251,16 @@ class DepthLSSTransform(nn.Module):
             if pts.dim() != 2 or pts.shape[1] < 3:
                 raise InputError(f"expected (P, F>=3), got {tuple(pts.shape)}", path=_SOURCE,
                                  field=f"points[{i}]")
+
+
+def absent_zeroed(depth_weights: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """(B, N, D, h, w) depth weights with those of the cameras ``present`` (B, N) marks False
+    set to exactly zero (a masked copy; unchanged when every camera is present)."""
+    if present is None:
+        return depth_weights
+    mask = present.to(device=depth_weights.device, dtype=torch.bool)
+    return torch.where(mask[:, :, None, None, None], depth_weights,
+                       torch.zeros((), dtype=depth_weights.dtype, device=depth_weights.device))
 
 
 def build_vtransform(preset: Preset) -> DepthLSSTransform:

@@ -31,11 +31,13 @@ from bevdeploy.runtime.timing import StageTimer
 @dataclass(frozen=True)
 class CameraInputs:
     """What the camera branch needs before its first dense module: the normalized images
-    ``(1, N, 3, H, W)``, the sparse depth ``(1, N, 1, H, W)`` and the geometry plan."""
+    ``(1, N, 3, H, W)``, the sparse depth ``(1, N, 1, H, W)``, the geometry plan and which
+    cameras have data (``Frame.present``; bevpool weights the others zero)."""
 
     img: np.ndarray
     depth: np.ndarray
     plan: Any  # the geometry stage's plan, on its device
+    present: np.ndarray | None = None  # (N,) bool; None: every camera
 
 
 class Composition(Protocol):

@@ -224,7 +224,8 @@ class CudaSchedule:
         with timer(pipeline.bevpool.name):
             weights = out["camera_depth_weights"]
             bev = self._tap("bevpool", pipeline.bevpool.run(
-                weights, out["camera_feature"], plan, out=self._pooled_buffer(pipeline, weights)))
+                weights, out["camera_feature"], plan, out=self._pooled_buffer(pipeline, weights),
+                present=frame.present))
         with timer("camera.vtransform"):
             return self._tap("camera.vtransform", pipeline.runners["camera.vtransform"].run_device(
                 {"feat_in": bev}))["feat_out"]

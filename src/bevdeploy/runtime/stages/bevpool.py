@@ -8,6 +8,7 @@ is never built (docs/reference.md#bev-pool-kernel). The output ``(1, C·nz, nx, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,9 @@ class BevPoolParams:
 class BevPoolStage:
     """``run(depth_weights (N, D, h, w), feats (N, h, w, C) NHWC, plan) → (1, C·nz, nx, ny)``:
     numpy arrays and a ``BevPoolPlan`` on the host (``device=None``), tensors and the
-    geometry stage's device plan on a torch device."""
+    geometry stage's device plan on a torch device. A camera the frame has no data for
+    (``present`` False, ``Frame.dropped``) gets zero depth weights: it adds exact zeros to every
+    cell's sum, so the grid equals that of a package without the camera."""
 
     name = "bevpool"
 
@@ -46,8 +49,10 @@ class BevPoolStage:
         self.device = device
         self._kernels = kernels_for(device)
 
-    def run(self, depth_weights: Any, feats: Any, plan: Any, *, out: Any = None) -> Any:
-        """Pool one frame, into ``out`` when given (a buffer the caller reuses across frames).
+    def run(self, depth_weights: Any, feats: Any, plan: Any, *, out: Any = None,
+            present: Sequence[bool] | None = None) -> Any:
+        """Pool one frame, into ``out`` when given (a buffer the caller reuses across frames),
+        the cameras with ``present`` False (default: all present) weighted zero.
         The shapes are checked, on both devices, because stages are also driven one by one
         (parity tools feed them the reference's tensors), not only by the pipeline."""
         p = self.params
@@ -61,4 +66,21 @@ class BevPoolStage:
         if tuple(plan.bev_size) != p.bev_pool_size:
             raise InputError(f"the plan is for a {tuple(plan.bev_size)} grid, the package pools "
                              f"into {p.bev_pool_size}", field="bevpool.plan")
+        if present is not None:
+            depth_weights = _without(depth_weights, present, p.num_cameras)
         return self._kernels.bev_pool(depth_weights, feats, plan, out=out)
+
+
+def _without(depth_weights: Any, present: Sequence[bool], cameras: int) -> Any:
+    """``depth_weights`` (a numpy array or a torch tensor) with the absent cameras' weights
+    zero: a copy, so the backbone's output (a tapped or graph-owned buffer) stays as it was."""
+    if len(present) != cameras:
+        raise InputError(f"expected one flag per camera ({cameras}), got {len(present)}",
+                         field="bevpool.present")
+    absent = [i for i, here in enumerate(present) if not here]
+    if not absent:
+        return depth_weights
+    copy = depth_weights.clone() if hasattr(depth_weights, "clone") else depth_weights.copy()
+    for i in absent:
+        copy[i] = 0
+    return copy
