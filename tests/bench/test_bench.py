@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from bevdeploy.cli import app
@@ -27,7 +29,8 @@ def bench_run(trained_tiny_package, synthetic_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     result = CliRunner().invoke(app, [
         "bench", "--package", str(trained_tiny_package), "--frames", "2", "--warmup", "1",
-        "--threads", "2", "--data", str(synthetic_world), "--json", str(out)],
+        "--threads", "2", "--data", str(synthetic_world), "--json", str(out),
+        "--chart", str(out.parent.parent / "chart" / "latency.png")],
         catch_exceptions=False, terminal_width=200)
     return result, out
 
@@ -47,6 +50,17 @@ def test_bench_prints_the_table_and_writes_json(bench_run):
     assert f"({cpu['microarchitecture']}:" in result.output
     assert set(data["total_includes"]) == {"deploy", "reference"}
     assert [v["reference"] for v in data["variants"]] == [True, False]
+
+
+def test_bench_draws_the_stacked_latency_chart(bench_run):
+    result, out = bench_run
+    chart = out.parent.parent / "chart" / "latency.png"
+    assert f"chart: {chart}" in result.output.replace("\n", "")
+    with Image.open(chart) as img:
+        assert img.format == "PNG" and img.size[0] > 600
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in pixels[::7]}
+    assert len(colours) > 12  # the stage segments of two variants, not a blank figure
 
 
 def test_bench_numbers_are_sane_and_ratios_follow_from_them(bench_run):

@@ -119,7 +119,10 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
           version: str = typer.Option("v1.0-mini", help="nuScenes version folder of --data."),
           split: str = typer.Option("mini_val", help="Split of --data."),
           json_out: JsonOutOpt = None,
-          wide: WideOpt = False) -> None:
+          wide: WideOpt = False,
+          chart: Optional[Path] = typer.Option(Path("out/bench/latency.png"), help="Stacked "
+                                               "per-stage latency chart, one bar per variant "
+                                               "(PNG, written atomically).")) -> None:
     """Per-stage and end-to-end latency (median, p90), frames/s and peak memory of packages,
     backends and schedules side by side with the PyTorch eager reference, each variant in its
     own process; the dense modules' GFLOP/s against this machine's GEMM peak."""
@@ -143,6 +146,10 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
         print_report(console, table, wide=wide)
     for warning in report.warnings:
         warn(warning)
+    if chart is not None:
+        from bevdeploy.bench.chart import latency_chart
+
+        console.print(f"chart: {latency_chart(report, chart)}", highlight=False)
     if json_out is not None:
         console.print(f"wrote {report.write_json(json_out)}")
 

@@ -210,6 +210,9 @@ def eval_cmd(data: DataOpt,
                  None, "--drop-camera", help="Run as if this camera had no data (zero "
                  "features), to measure what it is worth; repeatable."),
              overwrite: OverwriteOpt = False,
+             plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the devkit's "
+                                        "PR and TP-error figures and a per-class AP chart to "
+                                        "OUT/plots."),
              ray: RayOpt = None,
              workers: WorkersOpt = 2,
              cpus_per_worker: CpusPerWorkerOpt = 1.0,
@@ -223,6 +226,7 @@ def eval_cmd(data: DataOpt,
     from bevdeploy.frame_loop import run_frames
     from bevdeploy.package import load_package
     from bevdeploy.presets import get_preset
+    from bevdeploy.eval.plots import PLOTS_DIR
     from bevdeploy.sinks import Metrics
 
     cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
@@ -251,6 +255,7 @@ def eval_cmd(data: DataOpt,
                        gpu_config=options.gpu_config, schedule=options.schedule,
                        random_ok=False) as model:
         _say_weights(model)
+        metrics.plots = plots
         if cluster is None:
             say_if_compiling(err_console, options.backend)
         loop, written = run_frames(source, model, [metrics], on_error=on_error,
@@ -262,6 +267,8 @@ def eval_cmd(data: DataOpt,
     loop.raise_if_ended()
     assert metrics.result is not None
     console.print(metrics.result.table())
+    if plots and written:
+        console.print(f"plots in {Path(written[-1]).parent / PLOTS_DIR}", highlight=False)
     console.print(f"{loop.summary()}; wrote " + " and ".join(str(w) for w in written),
                   highlight=False, soft_wrap=True)
     finish(loop)

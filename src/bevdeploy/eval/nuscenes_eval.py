@@ -48,6 +48,7 @@ from bevdeploy.data.nuscenes import (
 )
 from bevdeploy.errors import DatasetError, InputError
 from bevdeploy.io import atomic_write
+from bevdeploy.eval.plots import PLOTS_DIR
 
 SUBMISSION_NAME = "results_nusc.json"
 METRICS_NAME = "metrics.json"
@@ -175,8 +176,11 @@ def _filtered(nusc: NuScenes, boxes: EvalBoxes, config: DetectionConfig) -> Eval
 
 
 def evaluate_submission(submission: str | Path, dataroot: str | Path, *,
-                        version: str = "v1.0-trainval", split: str = "val") -> EvalResult:
-    """Score a nuScenes submission JSON against the split's ground truth.
+                        version: str = "v1.0-trainval", split: str = "val",
+                        plot_dir: str | Path | None = None) -> EvalResult:
+    """Score a nuScenes submission JSON against the split's ground truth; with ``plot_dir``,
+    write the devkit's PR / TP-error figures and a per-class AP chart there
+    (``eval.plots.write_eval_plots``).
 
     The submission's samples must all belong to ``split``; when they are a subset, ground truth
     is restricted to them.
@@ -200,14 +204,14 @@ def evaluate_submission(submission: str | Path, dataroot: str | Path, *,
     with contextlib.redirect_stderr(io.StringIO()):  # the devkit's progress bar
         gt = _filtered(nusc, load_gt_of_sample_tokens(nusc, tokens, DetectionBox, verbose=False),
                        config)
-    metrics, _ = _LoadedEval(config, gt, _filtered(nusc, predictions, config)).evaluate()
+    metrics, md_list = _LoadedEval(config, gt, _filtered(nusc, predictions, config)).evaluate()
 
     gt_counts = {c: 0 for c in config.class_names}
     for box in gt.all:
         gt_counts[box.detection_name] += 1
     present = tuple(c for c in config.class_names if gt_counts[c] > 0)
     class_ap = {c: float(v) for c, v in metrics.mean_dist_aps.items()}
-    return EvalResult(
+    result = EvalResult(
         mean_ap=float(metrics.mean_ap),
         nds=float(metrics.nd_score),
         tp_errors={m: float(v) for m, v in metrics.tp_errors.items()},
@@ -226,6 +230,11 @@ def evaluate_submission(submission: str | Path, dataroot: str | Path, *,
         full_split=len(tokens) == len(split_tokens),
         submission=str(path),
     )
+    if plot_dir is not None:
+        from bevdeploy.eval.plots import write_eval_plots
+
+        write_eval_plots(md_list, metrics, config, result, plot_dir)
+    return result
 
 
 def evaluate(results: Iterable[tuple[Frame, Detections]], dataroot: str | Path, out_dir: str
@@ -253,13 +262,14 @@ def sample_token(frame: Frame) -> str:
 
 def score(submission: Mapping[str, list[dict[str, Any]]], dataroot: str | Path,
           out_dir: str | Path, *, version: str, split: str,
-          run: Mapping[str, Any] | None = None) -> EvalResult:
+          run: Mapping[str, Any] | None = None, plots: bool = False) -> EvalResult:
     """Write ``submission`` (sample token → global-frame boxes) as ``out_dir/results_nusc.json``,
     score it against ``split`` and write ``out_dir/metrics.json`` with ``run`` (the frame
     loop's record: which frames failed and why) stored as ``run``."""
     out = Path(out_dir)
     path = write_submission(out / SUBMISSION_NAME, submission)
-    result = evaluate_submission(path, dataroot, version=version, split=split)
+    result = evaluate_submission(path, dataroot, version=version, split=split,
+                                 plot_dir=out / PLOTS_DIR if plots else None)
     if run is not None:
         result.run = dict(run)
     result.write_json(out / METRICS_NAME)

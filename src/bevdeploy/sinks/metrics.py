@@ -20,11 +20,12 @@ class Metrics:
     record lists them)."""
 
     def __init__(self, dataroot: str | Path, out_dir: str | Path, *, version: str,
-                 split: str) -> None:
+                 split: str, plots: bool = False) -> None:
         self.dataroot = Path(dataroot)
         self.out_dir = Path(out_dir)
         self.version = version
         self.split = split
+        self.plots = plots  # eval.plots: the devkit's figures into out_dir/plots
         self.submission = Submission(self.out_dir / SUBMISSION_NAME)
         self.result: EvalResult | None = None
 
@@ -35,5 +36,5 @@ class Metrics:
         if ended_early(run):
             return []
         self.result = score(self.submission.results, self.dataroot, self.out_dir, version=self.version,
-                            split=self.split, run=run)
+                            split=self.split, run=run, plots=self.plots)
         return [self.out_dir / SUBMISSION_NAME, self.out_dir / METRICS_NAME]

@@ -1,0 +1,60 @@
+"""The bench as a picture: one stacked bar per variant, one segment per stage.
+
+A table of medians answers "how fast"; a stacked bar answers "where does the time go" at a
+glance, and shows side by side how the reference, the packages and the schedules spend it.
+Each segment is a stage's median time; a black tick marks the variant's median end-to-end
+total. Under a schedule that overlaps stages (branches, frames) the segments add up to more
+than the total, and the tick shows by how much; in the sequential schedule the gap between
+the bar's end and the tick is the time outside the stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from bevdeploy.bench.report import STAGE_ORDER, BenchReport
+from bevdeploy.io import atomic_file
+
+
+def _stages(report: BenchReport) -> list[str]:
+    present = {k for r in report.results for k in r.stages}
+    return [s for s in STAGE_ORDER if s in present] + sorted(present - set(STAGE_ORDER))
+
+
+def latency_chart(report: BenchReport, path: str | Path) -> Path:
+    """Write the stacked per-stage latency chart of ``report`` as a PNG at ``path``."""
+    stages = _stages(report)
+    colors = colormaps["tab20"].colors
+    labels = [f"{r.variant.label}\n{r.precision}" for r in report.results]
+    fig = Figure(figsize=(9.0, 1.0 + 0.75 * len(labels)), dpi=100)
+    ax = fig.add_subplot()
+    for i, result in enumerate(report.results):
+        left = 0.0
+        for j, stage in enumerate(stages):
+            stat = result.stages.get(stage)
+            if stat is None:
+                continue
+            ax.barh(i, stat.median_ms, left=left, color=colors[j % len(colors)],
+                    label=stage if i == 0 or stage not in report.results[0].stages else None)
+            left += stat.median_ms
+        total = result.total.median_ms
+        ax.plot([total, total], [i - 0.42, i + 0.42], color="black", linewidth=2)
+        ax.text(max(left, total) * 1.01, i, f"{total:.0f} ms", va="center", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("median ms per frame (segments: stages; black tick: end-to-end total)")
+    ax.set_title(f"bevdeploy bench: {report.frames} frames after {report.warmup} warm-up, "
+                 f"{report.threads} threads", fontsize=9)
+    ax.set_xlim(0, max(max(sum(s.median_ms for s in r.stages.values()), r.total.median_ms)
+                       for r in report.results) * 1.15)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, names, fontsize=7, ncol=min(6, len(names)), loc="upper center",
+              bbox_to_anchor=(0.5, -0.25 if len(labels) < 3 else -0.15), frameon=False)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_file(out) as handle:
+        fig.savefig(handle, format="png", bbox_inches="tight")
+    return out
