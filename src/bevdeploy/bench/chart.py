@@ -29,8 +29,9 @@ def latency_chart(report: BenchReport, path: str | Path) -> Path:
     stages = _stages(report)
     colors = colormaps["tab20"].colors
     labels = [f"{r.variant.label}\n{r.precision}" for r in report.results]
-    fig = Figure(figsize=(9.0, 1.0 + 0.75 * len(labels)), dpi=100)
+    fig = Figure(figsize=(9.0, max(3.0, 1.0 + 0.75 * len(labels))), dpi=100)
     ax = fig.add_subplot()
+    labelled: set[str] = set()
     for i, result in enumerate(report.results):
         left = 0.0
         for j, stage in enumerate(stages):
@@ -38,7 +39,8 @@ def latency_chart(report: BenchReport, path: str | Path) -> Path:
             if stat is None:
                 continue
             ax.barh(i, stat.median_ms, left=left, color=colors[j % len(colors)],
-                    label=stage if i == 0 or stage not in report.results[0].stages else None)
+                    label=None if stage in labelled else stage)
+            labelled.add(stage)
             left += stat.median_ms
         total = result.total.median_ms
         ax.plot([total, total], [i - 0.42, i + 0.42], color="black", linewidth=2)
@@ -51,8 +53,9 @@ def latency_chart(report: BenchReport, path: str | Path) -> Path:
     ax.set_xlim(0, max(max(sum(s.median_ms for s in r.stages.values()), r.total.median_ms)
                        for r in report.results) * 1.15)
     handles, names = ax.get_legend_handles_labels()
-    ax.legend(handles, names, fontsize=7, ncol=min(6, len(names)), loc="upper center",
-              bbox_to_anchor=(0.5, -0.25 if len(labels) < 3 else -0.15), frameon=False)
+    order = sorted(range(len(names)), key=lambda k: stages.index(names[k]))  # pipeline order
+    ax.legend([handles[k] for k in order], [names[k] for k in order], fontsize=7,
+              loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     out = Path(path)
     with atomic_file(out) as handle:

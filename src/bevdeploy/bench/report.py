@@ -12,8 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bevdeploy import __version__
 from bevdeploy.bench.frames import FrameSource
@@ -208,16 +210,15 @@ class BenchReport:
         table.add_row("weights", *[r.weights for r in rs])
         return table
 
-    def narrow_tables(self) -> list[Table]:
+    def narrow_tables(self) -> list[RenderableType]:
         """``table()`` and ``dense_table()`` for an 80-column terminal: medians only (p90 is in
         ``--wide`` and the JSON), speed-ups to one decimal, the share of the GEMM peak alone."""
         wide, dense = self.table(), self.dense_table()
         rs = self.results
         speedups = [None if r.variant.is_reference else self.speedups(r) for r in rs]
-        table = compact_table(str(wide.title))
-        table.caption = str(wide.caption).replace("cells: median / p90 ms",
-                                                  "cells: median ms (p90: --wide or --json)")
-        table.caption_justify = "left"
+        table = compact_table("")  # title and caption as text around it: a narrow table
+        caption = str(wide.caption).replace("cells: median / p90 ms",  # would fold them
+                                            "cells: median ms (p90: --wide or --json)")
         table.add_column("stage", no_wrap=True)
         for r in rs:
             table.add_column(_header(r), justify="right")
@@ -231,8 +232,7 @@ class BenchReport:
                                  for r, s in zip(rs, speedups)])
         table.add_row("frames/s", *[f"{r.frames_per_s:.2f}" for r in rs])
         table.add_row("peak RSS MB", *[f"{r.peak_rss_mb:.0f}" for r in rs])
-        shares = compact_table(str(dense.title))
-        shares.caption, shares.caption_justify = dense.caption, "left"
+        shares = compact_table("")
         shares.add_column("module", no_wrap=True)
         for r in rs:
             shares.add_column(_header(r), justify="right")
@@ -245,7 +245,9 @@ class BenchReport:
                     "" if rates.get(id(r), {}).get(module) is None
                     else f"{rates[id(r)][module]:.0f} ({rates[id(r)][module] / self.gemm_gflops:.0%})"
                     for r in rs])
-        return [table, shares]
+        return [Group(Text.from_markup(str(wide.title)), table, Text.from_markup(caption)),
+                Group(Text.from_markup(str(dense.title)), shares,
+                      Text.from_markup(str(dense.caption)))]
 
     def dense_table(self) -> Table:
         """Each dense module's MACs and achieved GFLOP/s per variant, with the share of this

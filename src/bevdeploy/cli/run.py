@@ -82,6 +82,9 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           threads: ThreadsOpt = None,
           render: bool = typer.Option(False, help="Write a BEV and a camera PNG per frame to "
                                       "OUT/render."),
+          lidar_points: bool = typer.Option(True, "--lidar-points/--no-lidar-points",
+                                            help="--render: draw the key sweep's LiDAR points, "
+                                            "coloured by depth, in the camera pictures."),
           score_threshold: ScoreThresholdOpt = None,
           keep_all: KeepAllOpt = False,
           fp16_points: bool = typer.Option(False, help="torch backend: round points through "
@@ -154,7 +157,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     threshold = report_threshold(p, score_threshold, keep_all)
     counted = BoxCount()
     reported: list[Any] = [Renders(staging / "render", extent=view_extent(p),
-                                   score_threshold=threshold)] if render else []
+                                   score_threshold=threshold, points=lidar_points)
+                           ] if render else []
     reported += [DetectionsJson(staging / "detections.json",
                                 {"preset": p.name, "backend": options.backend,
                                  "package": None if package is None else str(package),

@@ -16,11 +16,12 @@ class Renders:
     The pictures are written as frames finish (a picture is useful on its own)."""
 
     def __init__(self, directory: str | Path, *, extent: float, score_threshold: float | None,
-                 max_boxes: int | None = None) -> None:
+                 max_boxes: int | None = None, points: bool = True) -> None:
         self.directory = Path(directory)
         self.extent = extent
         self.score_threshold = score_threshold
         self.max_boxes = max_boxes
+        self.points = points  # the LiDAR points in the camera pictures
         self.pictures: list[Path] = []
 
     def write(self, frame: Frame, detections: Detections, timings: Mapping[str, float]) -> None:
@@ -28,7 +29,8 @@ class Renders:
 
         self.pictures += render_frame(frame, detections, self.directory, extent=self.extent,
                                       score_threshold=self.score_threshold,
-                                      max_boxes=self.max_boxes or len(detections))
+                                      max_boxes=self.max_boxes or len(detections),
+                                      points=self.points)
 
     def close(self, run: RunRecord) -> list[Path]:
         """The pictures' folder, when any picture was drawn (``pictures`` lists them)."""

@@ -20,11 +20,13 @@ def view_extent(preset: Preset) -> float:
 
 def render_frame(frame: Frame, detections: Detections, out_dir: str | Path, *,
                  score_threshold: float | None = 0.0, max_boxes: int = 100,
-                 extent: float | None = None) -> list[Path]:
+                 extent: float | None = None, points: bool = True) -> list[Path]:
     """Both pictures of one frame, ``<token>_bev.png`` and ``<token>_cameras.png`` in
-    ``out_dir``, with the frame's GT boxes when it has them; returns their paths."""
+    ``out_dir``, with the frame's GT boxes when it has them (and, with ``points``, the LiDAR
+    points in the camera picture); returns their paths."""
     out = Path(out_dir)
     stem = frame.token or "frame"
     common = {"gt": frame.gt, "score_threshold": score_threshold, "max_boxes": max_boxes}
     return [render_bev(frame, detections, out / f"{stem}_bev.png", extent=extent, **common),
-            render_cameras(frame, detections, out / f"{stem}_cameras.png", **common)]
+            render_cameras(frame, detections, out / f"{stem}_cameras.png", points=points,
+                           **common)]

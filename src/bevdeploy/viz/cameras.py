@@ -78,15 +78,17 @@ def key_sweep(points: np.ndarray) -> np.ndarray:
 
 
 def _paint_points(tile: Image.Image, uv: np.ndarray, depth: np.ndarray) -> Image.Image:
-    """The points as one-pixel dots coloured by depth, far ones first so near ones stay on
-    top."""
+    """The points as 2×2-pixel dots coloured by depth (one pixel vanishes in a mosaic tile),
+    far ones first so near ones stay on top."""
     pixels = np.asarray(tile).copy()
     order = np.argsort(-depth)
     colors = (colormaps["turbo_r"](np.clip(depth[order] / DEPTH_MAX_M, 0.0, 1.0))[:, :3]
               * 255).astype(np.uint8)
     h, w = pixels.shape[:2]
-    pixels[np.minimum(uv[order, 1].astype(np.int64), h - 1),
-           np.minimum(uv[order, 0].astype(np.int64), w - 1)] = colors
+    u, v = uv[order, 0].astype(np.int64), uv[order, 1].astype(np.int64)
+    for du in (0, 1):
+        for dv in (0, 1):
+            pixels[np.minimum(v + dv, h - 1), np.minimum(u + du, w - 1)] = colors
     return Image.fromarray(pixels)
 
 
