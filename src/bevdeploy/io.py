@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -131,42 +131,71 @@ def replace_dir(staging: str | Path, out: str | Path) -> None:
 # ---------------------------------------------------------------------------- output directories
 
 
-class OutputDir:
-    """One writer per output directory, replaced whole: the rule of every command that writes
-    a directory.
+class OutputLock:
+    """The lock beside an output (``.<name>.lock``, held with ``filelock`` and naming its holder):
+    a second process writing the same output is refused, told who holds it. ``demo`` holds one
+    on its working directory, ``OutputDir`` on each output directory. The lock file stays on
+    release: removing it would let a waiting process lock a dead inode."""
 
-    Opening it takes a lock beside ``out`` (``.<name>.lock``, held with ``filelock`` for the
-    life of the command and naming its holder, so a second process writing the same ``--out``
-    is refused with who holds it), refuses an existing non-empty ``out`` unless ``overwrite``
-    (the message names the CLI flag), and gives a fresh ``staging`` directory beside it.
-    ``commit`` swaps ``staging`` in for ``out`` atomically (no stale file of an earlier run
-    survives); ``close`` without a commit deletes the staging directory and leaves ``out`` as
-    it was. The lock file stays: removing it would let a waiting process lock a dead inode.
-    """
-
-    def __init__(self, out: str | Path, *, overwrite: bool, flag: str = "--overwrite") -> None:
+    def __init__(self, out: str | Path, *, flag: str = "--out") -> None:
         self.out = Path(os.path.abspath(out))
         check_output_dir(self.out)
         output_dir(self.out.parent)
-        self._lock_path = self.out.parent / f".{self.out.name}.lock"
-        self._lock = FileLock(self._lock_path, timeout=0)
+        self.path = self.out.parent / f".{self.out.name}.lock"
+        self._lock = FileLock(self.path, timeout=0)
         try:
             self._lock.acquire()
         except Timeout:
             raise OutputError(f"another process is writing this output "
-                              f"({_holder(self._lock_path)}); wait for it or choose another "
-                              "--out", path=self.out, field="--out") from None
+                              f"({_holder(self.path)}); wait for it or choose another "
+                              f"{flag}", path=self.out, field=flag) from None
         except OSError as exc:
-            raise _cannot_write(self._lock_path, exc) from None
+            raise _cannot_write(self.path, exc) from None
+        try:
+            _write_holder(self.path)
+        except OSError as exc:
+            self._lock.release()
+            raise _cannot_write(self.path, exc) from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class OutputDir:
+    """One writer per output directory, replaced whole: the rule of every command that writes
+    a directory.
+
+    Opening it takes an ``OutputLock`` for the life of the command (unless ``locked=False``,
+    for a directory inside one already locked), refuses an existing non-empty ``out`` unless
+    ``overwrite`` (the message names the CLI flag), then lets ``replaceable(out)`` refuse what
+    even ``--overwrite`` must not delete (a user's directory where a package belongs), and
+    gives a fresh ``staging`` directory beside it. ``commit`` swaps ``staging`` in for ``out``
+    atomically (no stale file of an earlier run survives); ``close`` without a commit deletes
+    the staging directory and leaves ``out`` as it was.
+    """
+
+    def __init__(self, out: str | Path, *, overwrite: bool, flag: str = "--overwrite",
+                 out_flag: str = "--out", replaceable: Callable[[Path], None] | None = None,
+                 locked: bool = True) -> None:
+        self.out = Path(os.path.abspath(out))
+        self._lock = OutputLock(self.out, flag=out_flag) if locked else None
         self.staging: Path | None = None
         try:
-            _write_holder(self._lock_path)
-            if _occupied(self.out) and not overwrite:
-                raise OutputError(f"already exists; pass {flag} to replace it", path=self.out,
-                                  field="--out")
+            if _occupied(self.out):
+                if not overwrite:
+                    raise OutputError(f"already exists; pass {flag} to replace it",
+                                      path=self.out, field=out_flag)
+                if replaceable is not None:
+                    replaceable(self.out)
             self.staging = staging_dir(self.out)
         except BaseException:
-            self._lock.release()
+            self.close()
             raise
 
     def final(self, path: str | Path) -> Path:
@@ -187,7 +216,9 @@ class OutputDir:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> OutputDir:
         return self

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from bevdeploy.cli import app
 from bevdeploy.data.nuscenes import NuScenesLoader
-from bevdeploy.package import MANIFEST_NAME, sha256_file
+from bevdeploy.package import FORMAT_VERSION, MANIFEST_NAME, sha256_file
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT",
            "CAM_BACK_RIGHT")  # the tiny preset's order
@@ -208,9 +208,19 @@ def image_of_another_size(ctx: Ctx):
 
 
 def five_images_for_six_cameras(ctx: Ctx):
+    """Images are matched to cameras by the camera name in the file name: the one left out
+    is named."""
     src = ctx.inputs()
-    return ctx.infer(images=[src / f"{c}.jpg" for c in CAMERAS[:5]]), ["[--images]",
-                                                                      "6 cameras"]
+    return ctx.infer(images=[src / f"{c}.jpg" for c in CAMERAS[:5]]), [
+        "[--images]", "no file for camera(s) ['CAM_BACK_RIGHT']"]
+
+
+def five_unnamed_images_for_six_cameras(ctx: Ctx):
+    """File names without a camera name are taken in order, so their count must match."""
+    src = ctx.inputs()
+    images = [Path(shutil.copy(src / f"{c}.jpg", src / f"image{i}.jpg"))
+              for i, c in enumerate(CAMERAS[:5])]
+    return ctx.infer(images=images), ["[--images]", "5 images given", "6 cameras"]
 
 
 # ---------------------------------------------------------------------------------- calibration
@@ -293,7 +303,7 @@ def newer_format(ctx: Ctx):
     pkg = ctx.package_copy()
     _rewrite_manifest(pkg, lambda m: m.update(format_version="2.0"))
     return ["inspect", str(pkg)], [MANIFEST_NAME, "[format_version]", "format 2.0",
-                                   "(format 1.0)"]
+                                   f"(format {FORMAT_VERSION})", "newer"]
 
 
 def manifest_not_json(ctx: Ctx):
@@ -326,7 +336,14 @@ def export_over_a_user_directory(ctx: Ctx):
     mine = ctx.tmp / "my-photos"
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"precious")
-    return ["export", "--out", str(mine)], ["my-photos", "refusing to replace it"]
+    return ["export", "--out", str(mine)], ["my-photos", "[--out]", "already exists",
+                                            "pass --overwrite"]
+
+
+def export_overwrite_a_user_directory(ctx: Ctx):
+    """Even --overwrite replaces only a previous package, never a user's directory."""
+    args, _ = export_over_a_user_directory(ctx)
+    return [*args, "--overwrite"], ["my-photos", "refusing to replace it"]
 
 
 def garbage_checkpoint(ctx: Ctx):
@@ -416,7 +433,13 @@ def synth_too_many_scenes(ctx: Ctx):
 
 def synth_over_a_user_directory(ctx: Ctx):
     return (["synth", "--out", str(ctx.out), "--scenes", "1", "--samples", "2"],
-            [str(ctx.out), "already exists"])
+            [str(ctx.out), "[--out]", "already exists; pass --overwrite"])
+
+
+def synth_overwrite_a_user_directory(ctx: Ctx):
+    """Even --overwrite replaces only a synthetic world, never a user's directory."""
+    args, _ = synth_over_a_user_directory(ctx)
+    return [*args, "--overwrite"], [str(ctx.out), "refusing to overwrite", "bevdeploy_synth.json"]
 
 
 def synth_under_a_file(ctx: Ctx):
@@ -479,6 +502,7 @@ CASES = [
     Case("image-unreadable", 3, unreadable_image),
     Case("image-wrong-size-for-the-preset", 3, image_of_another_size),
     Case("images-fewer-than-the-cameras", 3, five_images_for_six_cameras),
+    Case("images-fewer-unnamed-than-the-cameras", 3, five_unnamed_images_for_six_cameras),
     Case("calib-camera-missing", 3, calib_missing_camera),
     Case("calib-nan", 3, calib_nan),
     Case("calib-singular-intrinsics", 3, calib_singular_intrinsics),
@@ -492,7 +516,8 @@ CASES = [
     Case("package-manifest-not-json", 6, manifest_not_json),
     Case("package-onnx-corrupt-hash-matching", 6, corrupt_onnx_with_matching_hash),
     Case("package-not-a-package", 6, not_a_package),
-    Case("export-over-a-user-directory", 6, export_over_a_user_directory),
+    Case("export-over-a-user-directory", 9, export_over_a_user_directory),
+    Case("export-overwrite-a-user-directory", 6, export_overwrite_a_user_directory),
     Case("export-garbage-checkpoint", 7, garbage_checkpoint),
     Case("export-checkpoint-that-runs-code", 5, checkpoint_that_runs_code),
     Case("export-checkpoint-of-another-model", 7, checkpoint_of_another_model),
@@ -505,7 +530,8 @@ CASES = [
     Case("infer-unknown-split", 4, unknown_split),
     Case("eval-damaged-sample-stops", 3, eval_on_a_damaged_sample),
     Case("synth-too-many-scenes", 2, synth_too_many_scenes),
-    Case("synth-over-a-user-directory", 4, synth_over_a_user_directory),
+    Case("synth-over-a-user-directory", 9, synth_over_a_user_directory),
+    Case("synth-overwrite-a-user-directory", 4, synth_overwrite_a_user_directory),
     Case("synth-output-not-writable", 9, synth_under_a_file),
     Case("compare-unknown-precision", 2, compare_unknown_precision),
     Case("presets-show-a-directory", 2, presets_show_directory),

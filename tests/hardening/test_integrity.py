@@ -41,14 +41,16 @@ def test_an_export_that_dies_midway_leaves_the_previous_package(tiny_package, tm
         raise failure
 
     monkeypatch.setattr(writer, "export_graph", dies_writing)
-    result = CliRunner().invoke(app, ["export", "--out", str(pkg)], catch_exceptions=False)
+    result = CliRunner().invoke(app, ["export", "--out", str(pkg), "--overwrite"],
+                                catch_exceptions=False)
 
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     assert all(w in result.output for w in words), result.output
     assert targets and targets[0].parent != pkg  # the module was written to a staging dir...
     assert not targets[0].parent.exists()  # ...which is gone
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no staging, no aside copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pkg.lock", "pkg"]  # no staging,
+    # no aside copy; the lock file stays by design (bevdeploy.io.OutputLock)
     assert _tree(pkg) == before
     load_package(pkg)
 

@@ -2,7 +2,8 @@
 
 Readers: whatever bytes or arrays land in a ``.bin`` / ``.pcd.bin`` / ``.npy`` / ``.pcd`` /
 image file, the reader returns a well-formed array or raises ``InputError`` — never another
-exception. Voxelizer: any float32 point array (NaN, Inf, values near float32's maximum, empty)
+exception; and the same tests generate valid files too, which must be read exactly (values
+equal), so a reader that refused everything would fail them. Voxelizer: any float32 point array (NaN, Inf, values near float32's maximum, empty)
 gives voxels inside the grid, within the caps, with finite features whose xyz lies in the voxel.
 
 Examples are bounded (``max_examples`` ≤ 60, no deadline) so the file runs in seconds.
@@ -44,25 +45,78 @@ def _assert_points(points: np.ndarray, features: int) -> None:
     assert (np.abs(points[:, :3]) <= MAX_ABS_COORD_M).all()
 
 
-def _read_or_refuse(path: Path, features: int, **kwargs) -> None:
+def _read_or_refuse(path: Path, features: int, expected: np.ndarray | None = None,
+                    **kwargs) -> None:
+    """Points or an ``InputError`` naming the file and field; for a valid file (``expected``
+    given) exactly ``expected``, so that a reader refusing everything cannot pass."""
     try:
         points = read_points(path, features, **kwargs)
     except InputError as exc:
+        assert expected is None, f"a valid file was refused: {exc}"
         assert exc.path == str(path) and exc.field  # names the file and the field
         return
     _assert_points(points, features)
+    if expected is not None:
+        assert points.shape == expected.shape
+        np.testing.assert_array_equal(points, expected)
 
 
 # ------------------------------------------------------------------------------------ readers
 
 
+# Values every format stores exactly: float32 numbers well inside MAX_ABS_COORD_M.
+_exact = st.floats(-1000, 1000, width=32)
+
+
+def _clean_cloud(columns: int) -> st.SearchStrategy[np.ndarray]:
+    return hnp.arrays(np.float32, st.tuples(st.integers(0, 12), st.just(columns)),
+                      elements=_exact)
+
+
+def _with_time_lag(cloud: np.ndarray) -> np.ndarray:
+    """What ``read_points(..., 5)`` makes of a 4-column cloud: a zero time lag appended."""
+    return np.concatenate([cloud, np.zeros((len(cloud), 1), np.float32)], axis=1)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@st.composite
+def _valid_point_files(draw: st.DrawFn) -> tuple[str, bytes, np.ndarray]:
+    """(suffix, bytes, the points ``read_points(path, 5)`` must return) of a well-formed file
+    of each format."""
+    suffix = draw(st.sampled_from([".pcd.bin", ".bin", ".npy", ".pcd"]))
+    if suffix == ".pcd.bin":
+        cloud = draw(_clean_cloud(5))
+        return suffix, cloud.astype("<f4").tobytes(), cloud
+    if suffix == ".bin":  # KITTI: 4 columns
+        cloud = draw(_clean_cloud(4))
+        return suffix, cloud.astype("<f4").tobytes(), _with_time_lag(cloud)
+    if suffix == ".npy":
+        cloud = draw(_clean_cloud(5))
+        return suffix, _npy_bytes(cloud), cloud
+    data, expected = draw(_pcd_files(valid=st.just(True)))
+    assert expected is not None
+    return suffix, data, expected
+
+
+_any_bytes = st.tuples(st.sampled_from([".pcd.bin", ".bin", ".npy", ".pcd"]),
+                       st.binary(max_size=400), st.none())
+
+
 @SETTINGS
-@given(data=st.binary(max_size=400), suffix=st.sampled_from([".pcd.bin", ".bin", ".npy", ".pcd"]))
-def test_arbitrary_bytes_give_points_or_an_input_error(scratch: Path, data: bytes,
-                                                       suffix: str) -> None:
+@given(case=st.one_of(_any_bytes, st.deferred(_valid_point_files)))
+def test_arbitrary_bytes_give_points_or_an_input_error(
+        scratch: Path, case: tuple[str, bytes, np.ndarray | None]) -> None:
+    """Any bytes under any suffix: points or an ``InputError``; a valid file of the suffix's
+    format: exactly its points."""
+    suffix, data, expected = case
     path = scratch / f"cloud{suffix}"
     path.write_bytes(data)
-    _read_or_refuse(path, FEATURES)
+    _read_or_refuse(path, FEATURES, expected)
 
 
 _finite_or_not = st.one_of(
@@ -92,29 +146,68 @@ _dtypes = st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(),
                     st.just(np.dtype([("x", "<f4"), ("y", "<f4")])))
 
 
+# Real numeric dtypes, either byte order, as a valid point array may come.
+_point_dtypes = st.sampled_from(["<f4", ">f4", "<f8", "<f2", "<i2", "<i4", "<i8", "<u2", "u1"])
+
+
+@st.composite
+def _valid_npy(draw: st.DrawFn) -> tuple[np.ndarray, int | None, np.ndarray]:
+    """(array, columns, expected points): (P, 5) of any real dtype, or flat with columns=5;
+    values that the dtype and float32 both hold exactly."""
+    dtype = np.dtype(draw(_point_dtypes))
+    low = 0 if dtype.kind == "u" else -100
+    values = draw(hnp.arrays(np.int16, st.tuples(st.integers(0, 10), st.just(5)),
+                             elements=st.integers(low, 100)))
+    array = values.astype(dtype)
+    if dtype.kind == "f":  # and fractions: eighths are exact in every float dtype
+        array = (array / np.asarray(8, dtype)).astype(dtype)
+    expected = array.astype(np.float32)
+    if draw(st.booleans()):
+        return array.reshape(-1), 5, expected
+    return array, draw(st.sampled_from([None, 5])), expected
+
+
+_any_npy = st.tuples(hnp.arrays(_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0,
+                                                          max_side=6)),
+                     st.sampled_from([None, 4, 5]), st.none())
+
+
 @SETTINGS
-@given(array=hnp.arrays(_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0,
-                                                    max_side=6)),
-       columns=st.sampled_from([None, 4, 5]))
-def test_any_npy_array_gives_points_or_an_input_error(scratch: Path, array: np.ndarray,
-                                                      columns: int | None) -> None:
+@given(case=st.one_of(_any_npy, _valid_npy()))
+def test_any_npy_array_gives_points_or_an_input_error(
+        scratch: Path, case: tuple[np.ndarray, int | None, np.ndarray | None]) -> None:
+    """Any array of any dtype and shape: points or an ``InputError``; a valid point array:
+    exactly its values as float32."""
+    array, columns, expected = case
     path = scratch / "cloud.npy"
     np.save(path, array, allow_pickle=False)
-    _read_or_refuse(path, FEATURES, columns=columns)
+    _read_or_refuse(path, FEATURES, expected, columns=columns)
 
 
 _PCD_TYPES = {("F", 4): "<f4", ("F", 8): "<f8", ("I", 2): "<i2", ("U", 1): "u1"}
 
 
+_PCD_FORMATS = {"F": "{!r}", "I": "{:d}", "U": "{:d}"}
+
+
 @st.composite
-def _pcd_files(draw: st.DrawFn) -> bytes:
-    """A PCD header that may be well-formed or subtly wrong (fields missing, sizes, counts,
-    point counts that the payload does not fill), ascii or binary, with a random payload."""
-    fields = draw(st.lists(st.sampled_from(["x", "y", "z", "intensity", "time_lag", "ring"]),
-                           min_size=1, max_size=6, unique=True))
+def _pcd_files(draw: st.DrawFn, valid: st.SearchStrategy[bool] = st.booleans()
+               ) -> tuple[bytes, np.ndarray | None]:
+    """(bytes, expected points): a PCD header that may be well-formed or subtly wrong (fields
+    missing, sizes, counts, point counts that the payload does not fill), ascii or binary, with
+    a random payload (expected None); or, when ``valid``, a well-formed file with x, y, z,
+    intensity (and maybe a time lag and a ring) in any order and type, values each type holds
+    exactly, with the points ``read_points(path, 5)`` must return."""
+    ok = draw(valid)
+    if ok:
+        extra = draw(st.lists(st.sampled_from(["time_lag", "ring"]), max_size=2, unique=True))
+        fields = draw(st.permutations(["x", "y", "z", "intensity", *extra]))
+    else:
+        fields = draw(st.lists(st.sampled_from(["x", "y", "z", "intensity", "time_lag",
+                                                "ring"]), min_size=1, max_size=6, unique=True))
     types = [draw(st.sampled_from(sorted(_PCD_TYPES))) for _ in fields]
     points = draw(st.integers(0, 12))
-    declared = draw(st.one_of(st.just(points), st.integers(0, 20)))
+    declared = points if ok else draw(st.one_of(st.just(points), st.integers(0, 20)))
     binary = draw(st.booleans())
     header = "\n".join([
         "# .PCD v0.7", "VERSION 0.7", "FIELDS " + " ".join(fields),
@@ -123,7 +216,12 @@ def _pcd_files(draw: st.DrawFn) -> bytes:
         "COUNT " + " ".join("1" for _ in fields),
         f"WIDTH {declared}", "HEIGHT 1", "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {declared}",
         f"DATA {'binary' if binary else 'ascii'}", ""]).encode()
-    values = draw(hnp.arrays(np.float64, (points, len(fields)), elements=_finite_or_not))
+    if ok:  # small integers, for float fields eighths: exact in every type, u1 included
+        counts = draw(hnp.arrays(np.int16, (points, len(fields)), elements=st.integers(0, 100)))
+        scale = np.array([8.0 if kind == "F" else 1.0 for kind, _ in types])
+        values = counts / scale
+    else:
+        values = draw(hnp.arrays(np.float64, (points, len(fields)), elements=_finite_or_not))
     if binary:
         record = np.dtype([(f, _PCD_TYPES[t]) for f, t in zip(fields, types)])
         rows = np.zeros(points, dtype=record)
@@ -131,19 +229,31 @@ def _pcd_files(draw: st.DrawFn) -> bytes:
             for i, f in enumerate(fields):
                 rows[f] = np.nan_to_num(values[:, i]) if record[f].kind in "iu" else values[:, i]
         payload = rows.tobytes()
+    elif ok:  # each type written as its own text: "3" for an integer field, "0.375" for a float
+        payload = "".join(" ".join(_PCD_FORMATS[kind].format(float(v) if kind == "F" else int(v))
+                                   for v, (kind, _) in zip(row, types)) + "\n"
+                          for row in values).encode()
     else:
         payload = "".join(" ".join(repr(float(v)) for v in row) + "\n"
                           for row in values).encode()
-    return header + payload
+    if not ok:
+        return header + payload, None
+    columns = [fields.index(f) for f in ("x", "y", "z", "intensity")]
+    lag = values[:, [fields.index("time_lag")]] if "time_lag" in fields \
+        else np.zeros((points, 1))
+    return header + payload, np.concatenate([values[:, columns], lag], axis=1).astype(np.float32)
 
 
 @SETTINGS
-@given(data=_pcd_files())
-def test_pcd_headers_and_payloads_give_points_or_an_input_error(scratch: Path,
-                                                                data: bytes) -> None:
+@given(case=_pcd_files())
+def test_pcd_headers_and_payloads_give_points_or_an_input_error(
+        scratch: Path, case: tuple[bytes, np.ndarray | None]) -> None:
+    """Damaged headers and payloads: points or an ``InputError``; a well-formed file (any
+    field order and type): exactly its points, the time lag as column 5 (zero without one)."""
+    data, expected = case
     path = scratch / "cloud.pcd"
     path.write_bytes(data)
-    _read_or_refuse(path, FEATURES)
+    _read_or_refuse(path, FEATURES, expected)
 
 
 def _png(rgb: np.ndarray) -> bytes:

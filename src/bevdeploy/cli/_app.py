@@ -1,8 +1,11 @@
 """The Typer application and the error policy every command shares.
 
 Every command turns a ``BevDeployError`` into one red line and the exit code of its class,
-Ctrl-C into one line and exit 130, and any other exception (a bug) into one line and exit 70 (the
-table is in ``bevdeploy.errors``); ``--debug`` shows the traceback instead. Heavy imports (torch,
+Ctrl-C into one line and exit 130, SIGTERM (a scheduler's or ``kill``'s stop) into one
+``terminated`` line and exit 143 after the same orderly ending as Ctrl-C, and any other exception
+(a bug) into one line and exit 70 (the table is in ``bevdeploy.errors``); ``--debug`` shows the
+traceback instead. Every output directory goes through ``claim_output`` (``bevdeploy.io``'s
+lock and ``--overwrite`` rule). Heavy imports (torch,
 the model) happen inside the commands that need them, so ``bevdeploy doctor`` and the runtime
 commands work on a machine without PyTorch.
 """
@@ -96,13 +99,25 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def claim_output(out: Path, *, overwrite: bool) -> OutputDir:
+def claim_output(out: Path, *, overwrite: bool, flag: str = "--out",
+                 replaceable: Callable[[Path], None] | None = None,
+                 locked: bool = True) -> OutputDir:
     """The command's output directory (``bevdeploy.io.OutputDir``: locked, refused when it
-    exists without ``--overwrite``, written in a staging directory that ``commit`` swaps in);
-    released, and the staging directory removed if never committed, when the command ends."""
+    exists without ``--overwrite`` or when ``replaceable`` refuses it, written in a staging
+    directory that ``commit`` swaps in); released, and the staging directory removed if never
+    committed, when the command ends. ``flag`` is the option that named ``out``."""
     from bevdeploy.io import OutputDir
 
-    return _state["outputs"].enter_context(OutputDir(out, overwrite=overwrite))
+    return _state["outputs"].enter_context(OutputDir(out, overwrite=overwrite, out_flag=flag,
+                                                     replaceable=replaceable, locked=locked))
+
+
+def claim_workdir(out: Path) -> None:
+    """Lock a working directory that a command reuses across runs (``demo --out``) until the
+    command ends: a second writer is refused, naming the holder."""
+    from bevdeploy.io import OutputLock
+
+    _state["outputs"].enter_context(OutputLock(out))
 
 
 def _with_notes(exc: BaseException) -> str:

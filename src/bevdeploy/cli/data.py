@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from bevdeploy.cli._app import command, console, err_console, warn
+from bevdeploy.cli._app import (claim_output, claim_workdir, command, console, err_console,
+                                warn)
 from bevdeploy.cli._progress import say_if_compiling
 from bevdeploy.cli._summary import print_demo_summary
 from bevdeploy.cli._options import ThreadsOpt
@@ -56,6 +57,7 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to create (writ
     """Write a synthetic world as a nuScenes-format dataset (v1.0-mini tables and files)."""
     from bevdeploy.data.synthetic import write_world
     from bevdeploy.data.synthetic.preset_rig import synth_rig
+    from bevdeploy.data.synthetic.writer import check_replaceable
     from bevdeploy.errors import ConfigError
     from bevdeploy.presets import get_preset
 
@@ -69,9 +71,12 @@ def synth(out: Path = typer.Option(..., "--out", help="Directory to create (writ
                           field="--rig")
     cameras = synth_rig(None if preset is None else get_preset(preset), rig)
     console.print(f"cameras: {cameras.description}", highlight=False, soft_wrap=True)
+    target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)
+    assert target.staging is not None
     t0 = time.perf_counter()
-    root = write_world(out, scenes=scenes, samples=samples, seed=seed, density=density,
-                       overwrite=overwrite, cameras=cameras.cameras)
+    write_world(target.staging, scenes=scenes, samples=samples, seed=seed, density=density,
+                overwrite=True, cameras=cameras.cameras)  # into the (empty) staging directory
+    root = target.commit()
     console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
     if bag is not None:
         from bevdeploy.data.synthetic.bag import write_bag
@@ -120,6 +125,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
     from bevdeploy.viz import view_extent
 
     p = get_preset(preset)
+    claim_workdir(out)  # one demo per working directory: world and package are reused
     if data is None:
         data = out / "world"
         if not (data / "v1.0-mini").exists():
@@ -157,9 +163,15 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
 
     source = DatasetSource(data, p, version="v1.0-mini", split="mini_val", limit=frames)
     threshold = 0.0 if random_weights else p.model.head.report_threshold
-    renders = Renders(out / "render", extent=view_extent(p), score_threshold=threshold)
+    # render/ and eval/ are this run's alone (no stale picture of an earlier run), each
+    # replaced whole once the frames finished; the working directory's lock covers them
+    render_dir = claim_output(out / "render", overwrite=True, locked=False)
+    eval_dir = claim_output(out / "eval", overwrite=True, locked=False)
+    assert render_dir.staging is not None and eval_dir.staging is not None
+    renders = Renders(render_dir.staging, extent=view_extent(p), score_threshold=threshold)
     counted, timings = BoxCount(), StageTimings()
-    metrics = Metrics(data, out / "eval", version="v1.0-mini", split="mini_val")
+    metrics = Metrics(data, eval_dir.staging, version="v1.0-mini", split="mini_val",
+                      final_dir=eval_dir.out)
     shown = Selected(threshold, [renders, counted, _FrameLines(threshold)],
                      max_boxes=20 if random_weights else None)
     say_if_compiling(err_console, None)
@@ -167,5 +179,8 @@ def demo(out: Path = typer.Option(Path("out/demo"), help="Working directory of t
         loop, _ = run_frames(source, deployed, [shown, metrics, timings],
                              console=err_console, description="demo frames")
     loop.raise_if_ended()
+    pictures = [render_dir.final(f) for f in renders.pictures]
+    render_dir.commit()
+    eval_dir.commit()
     print_demo_summary(console, frames=loop.done, boxes=counted.line(threshold),
-                       metrics=metrics.result, timings=timings, pictures=renders.pictures)
+                       metrics=metrics.result, timings=timings, pictures=pictures)

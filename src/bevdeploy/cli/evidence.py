@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from bevdeploy.cli._app import command, console, err_console
-from bevdeploy.cli._options import (GPU_CONFIG_HELP, DataOpt, JsonOutOpt, SplitOpt, ThreadsOpt,
-                                    VersionOpt, WideOpt)
+from bevdeploy.cli._app import claim_output, command, console, err_console
+from bevdeploy.cli._options import (GPU_CONFIG_HELP, DataOpt, JsonOutOpt, OverwriteOpt, SplitOpt,
+                                    ThreadsOpt, VersionOpt, WideOpt)
 
 @command()
 def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g. from synth)."),
@@ -23,10 +23,13 @@ def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g
           epochs: Optional[int] = typer.Option(None, help="Epochs instead of a time budget."),
           seed: int = typer.Option(0, help="Seed of the initial weights, order and augmentation."),
           version: str = typer.Option("v1.0-mini", help="nuScenes version folder."),
-          split: str = typer.Option("mini_train", help="Training split.")) -> None:
+          split: str = typer.Option("mini_train", help="Training split."),
+          overwrite: OverwriteOpt = False) -> None:
     """Train a preset with the TransFusion losses (heatmap focal, Hungarian-matched focal
-    classification and L1 boxes) on the CPU."""
+    classification and L1 boxes) on the CPU. Ctrl-C or SIGTERM keeps the run directory
+    with the last finished epoch's checkpoint."""
     from bevdeploy.errors import ConfigError
+    from bevdeploy.train.trainer import CHECKPOINT_NAME
     from bevdeploy.train.trainer import train as run_training
 
     if minutes is None and epochs is None:
@@ -39,9 +42,18 @@ def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g
                           f" bbox {record['loss_bbox']:.4f}), lr {record['lr']:.2e}, "
                           f"{rate:.2f} it/s", highlight=False)
 
+    target = claim_output(out, overwrite=overwrite)
+    assert target.staging is not None
     t0 = time.perf_counter()
-    ckpt = run_training(preset, data, out, epochs=epochs, minutes=minutes, seed=seed,
-                        version=version, split=split, progress=show)
+    try:
+        ckpt = target.final(run_training(preset, data, target.staging, epochs=epochs,
+                                         minutes=minutes, seed=seed, version=version,
+                                         split=split, progress=show))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: an epoch's checkpoint is worth keeping
+        if (target.staging / CHECKPOINT_NAME).is_file():
+            target.commit()
+        raise
+    target.commit()
     console.print(f"trained in {(time.perf_counter() - t0) / 60:.1f} min; checkpoint {ckpt}")
 
 
@@ -51,7 +63,12 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                 data: DataOpt = ...,
                 checkpoint: Optional[Path] = typer.Option(None, help="The checkpoint the package "
                                                           "was exported from (its SHA-256 is "
-                                                          "checked); omit for random weights."),
+                                                          "checked). Omitted: the preset's "
+                                                          "checkpoint or a file of the recorded "
+                                                          "name beside the package, when its "
+                                                          "SHA-256 matches (else refused); a "
+                                                          "package of random weights uses the "
+                                                          "exporter's seeded initialisation."),
                 version: VersionOpt = "v1.0-mini",
                 split: SplitOpt = "mini_val",
                 frames: int = typer.Option(2, min=1, help="Number of frames."),
@@ -60,7 +77,9 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                                                         "default each stage uses its modules' "
                                                         "precision from the manifest."),
                 save: Optional[Path] = typer.Option(None, help="Write every compared tensor "
-                                                    "pair (one .npz per frame) here."),
+                                                    "pair (one .npz per frame) to this "
+                                                    "directory (replaced whole)."),
+                overwrite: OverwriteOpt = False,
                 json_out: JsonOutOpt = None,
                 wide: WideOpt = False,
                 threads: ThreadsOpt = None,
@@ -92,14 +111,19 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                               "limits with --precision fp16 or int8", field="--precision")
         precision = gpu.precision
     tolerances = Tolerances.for_precision(precision) if precision else None
+    saved = None if save is None else claim_output(save, overwrite=overwrite, flag="--save")
     pkg = load_package(package)
     source = DatasetSource(data, pkg.preset, version=version, split=split, limit=frames)
     loop = FrameLoop(len(source), label=source.label, console=err_console,
                      description=f"compare on {split}")
     report = compare(package, checkpoint, loop.results(source.__getitem__),
-                     tolerances=tolerances, save=save, backend=backend, threads=threads,
+                     tolerances=tolerances, save=None if saved is None else saved.staging,
+                     backend=backend, threads=threads,
                      runner_options=gpu.options(threads) if gpu else None,
                      schedule=gpu.schedule() if gpu else "sequential")
+    if saved is not None:  # pass or fail: the tensors are the evidence either way
+        report.saved = [saved.final(f) for f in report.saved]
+        saved.commit()
     print_report(console, report.table() if wide else report.narrow_table(), wide=wide)
     if json_out is not None:
         atomic_write(json_out, report.to_json().encode())

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from bevdeploy.cli._app import command, console, warn
-from bevdeploy.cli._options import ThreadsOpt, WideOpt
+from bevdeploy.cli._app import claim_output, command, console, warn
+from bevdeploy.cli._options import OverwriteOpt, ThreadsOpt, WideOpt
 
 @command()
 def export(out: Path = typer.Option(..., help="Package directory to write (atomically)."),
@@ -21,11 +21,13 @@ def export(out: Path = typer.Option(..., help="Package directory to write (atomi
                None, help="The box convention the head was trained in: mit (mit-han-lab, "
                "CUDA-BEVFusion) or mmdet3d-1.x (mmdetection3d >= 1.0 projects/BEVFusion). "
                "Default: detected from the checkpoint's key names; override it for weights "
-               "converted between the two.")) -> None:
+               "converted between the two."),
+           overwrite: OverwriteOpt = False) -> None:
     """Export the five ONNX modules and the manifest as a self-contained deploy package; the
     checkpoint's load report and the box convention go into the manifest (shown below)."""
     from bevdeploy.export.inspect import print_package
     from bevdeploy.export.writer import export_package
+    from bevdeploy.package import check_replaceable
     from bevdeploy.presets import get_preset
 
     from bevdeploy.errors import ConfigError
@@ -35,12 +37,15 @@ def export(out: Path = typer.Option(..., help="Package directory to write (atomi
         raise ConfigError(f"{box_convention!r} is none of {list(BOX_CONVENTIONS)}",
                           field="--box-convention")
     p = get_preset(preset)
+    target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)
+    assert target.staging is not None
     weights = checkpoint or p.checkpoint_path
     if weights is None:
         warn(f"no checkpoint for preset {p.name}: exporting seeded random weights (fine for "
              "shapes and speed, not for boxes)")
     t0 = time.perf_counter()
-    root = export_package(p, weights, out, opset=opset, box_convention=box_convention)
+    export_package(p, weights, target.staging, opset=opset, box_convention=box_convention)
+    root = target.commit()
     console.print(f"exported {root} in {time.perf_counter() - t0:.1f} s")
     print_package(root, console=console)
 
@@ -94,8 +99,8 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
                                                                     "(repeatable; default "
                                                                     "both)."),
              threads: ThreadsOpt = None,
-             wide: WideOpt = False
-             ) -> None:
+             wide: WideOpt = False,
+             overwrite: OverwriteOpt = False) -> None:
     """Simplify, convert to FP16 and/or quantize to INT8 (QDQ) the dense modules of a package;
     the optimized modules are checked for NaN/Inf on the calibration frames. --sensitivity ranks
     the INT8 layer groups (each quantized alone) by output cosine; with --sensitivity-map each
@@ -106,6 +111,8 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     )
     from bevdeploy.optimize.int8 import INT8_MODULES, RECIPE_EXCLUDES
     from bevdeploy.optimize.sensitivity import EvalSource
+    from bevdeploy.optimize.writer import check_not_source
+    from bevdeploy.package import check_replaceable
     from bevdeploy.tables import print_report
 
     if sensitivity_granularity not in ("block", "layer"):
@@ -123,12 +130,16 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
                                    sensitivity_split) if sensitivity_map else None,
         sensitivity_modules=tuple(sensitivity_module or INT8_MODULES),
         threads=threads)
+    check_not_source(package, out)
+    target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)
+    assert target.staging is not None
     t0 = time.perf_counter()
-    result = optimize_package(package, out, options)
+    result = optimize_package(package, target.staging, options)
+    root = target.commit()
     print_report(console, result.table() if wide else result.narrow_table(), wide=wide)
     if result.sensitivity is not None:
         print_report(console, result.sensitivity.table(sensitivity_top), wide=wide)
-    console.print(f"wrote {result.root} in {time.perf_counter() - t0:.1f} s")
+    console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
 
 
 @command()
@@ -142,15 +153,23 @@ def build(package: Path = typer.Argument(..., help="Deploy package whose dense m
                                                       "build (faster rebuilds)."),
           out: Optional[Path] = typer.Option(None, help="Write a copy with the engines here "
                                              "(atomically) instead of adding them in place."),
-          device: str = typer.Option("cuda", help="CUDA device to build for.")) -> None:
+          device: str = typer.Option("cuda", help="CUDA device to build for."),
+          overwrite: OverwriteOpt = False) -> None:
     """Build TensorRT engines of the four dense modules into the package and record TensorRT
     version, GPU, compute capability, flags and hashes in its manifest (SCN: sparse executor)."""
     from bevdeploy.engines import build_engines
     from bevdeploy.export.inspect import print_package
+    from bevdeploy.package import check_replaceable
 
+    target = None  # in place: each engine file and then the manifest replaced atomically
+    if out is not None and out.resolve() != package.resolve():
+        target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)
     t0 = time.perf_counter()
     root = build_engines(package, precision=precision, workspace_gb=workspace,
-                         timing_cache=timing_cache, out=out, device=device, log=console.print)
+                         timing_cache=timing_cache, out=None if target is None else target.staging,
+                         device=device, log=console.print)
+    if target is not None:
+        root = target.commit()
     console.print(f"built {precision} engines into {root} in {time.perf_counter() - t0:.1f} s")
     print_package(root, console=console)
 

@@ -253,7 +253,8 @@ def eval_cmd(data: DataOpt,
         source = DatasetSource(data, p, version=version, split=split,  # before the model
                                limit=limit, dropout=dropout)
     assert target.staging is not None
-    metrics = Metrics(data, target.staging, version=version, split=split)
+    metrics = Metrics(data, target.staging, version=version, split=split,
+                      final_dir=target.out)
     with open_detector(pkg if pkg is not None else p, cluster, source,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,
                        gpu_config=options.gpu_config, schedule=options.schedule,

@@ -262,14 +262,19 @@ def sample_token(frame: Frame) -> str:
 
 def score(submission: Mapping[str, list[dict[str, Any]]], dataroot: str | Path,
           out_dir: str | Path, *, version: str, split: str,
-          run: Mapping[str, Any] | None = None, plots: bool = False) -> EvalResult:
+          run: Mapping[str, Any] | None = None, final_dir: str | Path | None = None,
+          plots: bool = False) -> EvalResult:
     """Write ``submission`` (sample token → global-frame boxes) as ``out_dir/results_nusc.json``,
     score it against ``split`` and write ``out_dir/metrics.json`` with ``run`` (the frame
-    loop's record: which frames failed and why) stored as ``run``."""
+    loop's record: which frames failed and why) stored as ``run``. ``final_dir`` is where
+    ``out_dir`` ends up when it is a staging directory (``io.OutputDir``): metrics.json records
+    the submission's final path, not the staging one that is gone after the swap."""
     out = Path(out_dir)
     path = write_submission(out / SUBMISSION_NAME, submission)
     result = evaluate_submission(path, dataroot, version=version, split=split,
                                  plot_dir=out / PLOTS_DIR if plots else None)
+    if final_dir is not None:
+        result.submission = str(Path(final_dir) / SUBMISSION_NAME)
     if run is not None:
         result.run = dict(run)
     result.write_json(out / METRICS_NAME)

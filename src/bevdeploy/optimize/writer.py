@@ -313,10 +313,16 @@ def _record(pkg: DeployPackage, options: OptimizeOptions, calib: CalibrationSet 
 def _check_out(src: Path, out: Path) -> None:
     """Refuse to write over the source or over anything that is not an empty directory or a
     previous package (a mistyped ``--out`` must not delete a user's directory)."""
-    if out.resolve() == src.resolve():
-        raise ConfigError("is the source package; write the optimized package elsewhere",
-                          path=out, field="out")
+    check_not_source(src, out)
     check_replaceable(out)
+
+
+def check_not_source(src: Path, out: Path) -> None:
+    """Refuse an output that is the source package itself: it is only read, and replacing it
+    while its modules are read would lose it."""
+    if Path(out).resolve() == Path(src).resolve():
+        raise ConfigError("is the source package; write the optimized package elsewhere",
+                          path=out, field="--out")
 
 
 def _mib(n: int) -> str:

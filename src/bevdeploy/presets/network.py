@@ -128,8 +128,20 @@ class LidarEncoderConfig:
         for i, (chans, pads) in enumerate(zip(self.encoder_channels, self.encoder_paddings)):
             if len(chans) != len(pads) or len(chans) < 1:
                 raise ValueError(f"stage {i}: channels and paddings must have equal length")
+            if not all(_is_padding(pad) for pad in pads):  # typed Any: checked here
+                raise ValueError(f"stage {i}: a padding is an integer >= 0 or three of them, "
+                                 f"got {list(pads)}")
         if self.encoder_channels[-1][-1] != self.output_channels:
             raise ValueError("the last stage must end at output_channels")
+
+
+def _is_padding(pad: Any) -> bool:
+    """An integer >= 0 (all axes) or an (x, y, z) triple of them."""
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    return count(pad) or (isinstance(pad, (tuple, list)) and len(pad) == 3
+                          and all(count(v) for v in pad))
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,13 @@ def _check_target(out: Path, overwrite: bool) -> None:
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
-        raise DatasetError("already exists; pass overwrite=True to replace it", path=out)
+        raise DatasetError("already exists; pass --overwrite to replace it", path=out)
+    check_replaceable(out)
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but an empty directory or a synthetic world, even with
+    ``--overwrite``: a mistyped ``--out`` must not delete a user's directory."""
     if not out.is_dir() or out.is_symlink() or (any(out.iterdir())
                                                  and not (out / MARKER).is_file()):
         raise DatasetError(f"refusing to overwrite: not an empty directory nor a synthetic world "
