@@ -31,18 +31,21 @@ def synthetic_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        samples=WORLD_SAMPLES, seed=WORLD_SEED, density=WORLD_DENSITY)
 
 
-def _assert_frames_equal(a: Frame, b: Frame) -> None:
+def _assert_frames_equal(a: Frame, b: Frame, *, float32_calibration: bool = False) -> None:
     """Same sample, same sensor data. Images and points are read from the same files through
-    the same transforms, so they must match exactly (points to 1e-5 m); calibration to 1e-9;
-    GT boxes to float32 precision (1e-4 m / rad), since an info file stores them in the
-    reference's legacy dialect and they are converted back."""
+    the same transforms, so they must match exactly (points to 1e-5 m); calibration to 1e-9, or
+    with ``float32_calibration`` (a file that stores its matrices as float32: mmdet3d >= 1.1
+    info files) to float32 precision, 1e-6 absolute plus 1e-6 relative; GT boxes to float32
+    precision (1e-4 m / rad), since an info file stores them in another dialect and they are
+    converted back."""
+    calib_tol = dict(atol=1e-6, rtol=1e-6) if float32_calibration else dict(atol=1e-9, rtol=0)
     assert a.token == b.token and a.timestamp == b.timestamp
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_allclose(a.points, b.points, atol=1e-5, rtol=0)
     assert a.calib.camera_names == b.calib.camera_names
     for name in ("intrinsics", "camera2lidar", "lidar2ego", "ego2global"):
-        np.testing.assert_allclose(getattr(a.calib, name), getattr(b.calib, name), atol=1e-9,
-                                   rtol=0, err_msg=name)
+        np.testing.assert_allclose(getattr(a.calib, name), getattr(b.calib, name),
+                                   err_msg=name, **calib_tol)
     assert (a.gt is None) == (b.gt is None)
     if a.gt is None or b.gt is None:
         return
@@ -58,7 +61,7 @@ def _assert_frames_equal(a: Frame, b: Frame) -> None:
 
 
 @pytest.fixture()
-def assert_frames_equal() -> Callable[[Frame, Frame], None]:
+def assert_frames_equal() -> Callable[..., None]:
     return _assert_frames_equal
 
 

@@ -32,6 +32,18 @@ VersionOpt = Annotated[str, typer.Option(help="nuScenes version folder.")]
 SplitOpt = Annotated[str, typer.Option(help="Split: train/val/test/mini_train/mini_val/all.")]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N frames.")]
 
+# ---- info files (data/info_files.py: legacy infos or mmdet3d >= 1.1 data_list)
+InfoOpt = Annotated[Optional[Path], typer.Option(
+    help="An info .pkl as the frames: the legacy 'infos' (mmdet3d 0.x / mit-han-lab) or "
+         "mmdet3d >= 1.1 'metainfo' + 'data_list'; the format is detected. GT boxes are read "
+         "in the file's own convention.")]
+DataRootOpt = Annotated[Optional[Path], typer.Option(
+    help="--info: the nuScenes root holding samples/ and sweeps/ (legacy paths are re-anchored "
+         "there; data_list file names are looked up there, default: the info file's "
+         "directory). For eval it must also hold the --version table folder (e.g. "
+         "v1.0-mini/), whose --split the file's samples must belong to: scoring reads the "
+         "ground truth there by sample token.")]
+
 # ---- what runs
 PackageOpt = Annotated[Optional[Path], typer.Option(
     help="Deploy package: run the torch-free runtime (ONNX Runtime on the CPU by default).")]

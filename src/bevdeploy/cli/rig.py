@@ -31,7 +31,8 @@ def from_nuscenes(data: Path = typer.Option(..., help="nuScenes-format dataset r
 
 
 @command(rig_app, "from-info")
-def from_info(info: Path = typer.Argument(..., help="Info .pkl (mmdet3d / mit-han-lab)."),
+def from_info(info: Path = typer.Argument(..., help="Info .pkl: legacy 'infos' (mmdet3d 0.x "
+                                          "/ mit-han-lab) or mmdet3d >= 1.1 'data_list'."),
               out: Path = typer.Option(..., help="Rig YAML to write (atomically)."),
               index: int = typer.Option(0, min=0, help="Sample index, in time order."),
               preset: PresetOpt = "tiny") -> None:

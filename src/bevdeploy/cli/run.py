@@ -16,11 +16,12 @@ import typer
 from bevdeploy.cli._distributed import open_detector, ray_options
 from bevdeploy.cli._progress import say_if_compiling
 from bevdeploy.cli._app import claim_output, console, command, err_console, finish, warn
-from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, DataOpt, ErrorPolicyOpt,
+from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, ErrorPolicyOpt,
                                     GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
                                     ScheduleOpt, ScoreThresholdOpt, SplitOpt, SyncSlopOpt,
                                     ThreadsOpt, TopicsOpt, VersionOpt)
 from bevdeploy.cli._options import OverwriteOpt
+from bevdeploy.cli._options import DataRootOpt, InfoOpt
 from bevdeploy.cli._options import CpusPerWorkerOpt, GpusPerWorkerOpt, RayOpt, WorkersOpt
 from bevdeploy.cli._options import OnMissingCameraOpt
 from bevdeploy.cli._dropout import camera_dropout
@@ -51,6 +52,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                               "mode)."),
           version: VersionOpt = "v1.0-mini",
           split: SplitOpt = "mini_val",
+          info: InfoOpt = None,
+          data_root: DataRootOpt = None,
           pcd: Optional[Path] = typer.Option(None, help="One point cloud (single-frame mode): "
                                              ".pcd, .pcd.bin (nuScenes; its ring-index column "
                                              "becomes time lag 0), .bin (KITTI) or .npy "
@@ -100,9 +103,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
           workers: WorkersOpt = 2,
           cpus_per_worker: CpusPerWorkerOpt = 1.0,
           gpus_per_worker: GpusPerWorkerOpt = 0.0) -> None:
-    """Detect objects in every frame of a dataset split (--data) or in one frame given as files
-    (--pcd, --images, --calib); write detections (bevdeploy convention) and, for a dataset, a
-    nuScenes submission (global frame), atomically.
+    """Detect objects in every frame of a dataset split (--data), of an info file (--info), of
+    a ROS 2 bag (--bag) or in one frame given as files (--pcd, --images, --calib); write
+    detections (bevdeploy convention) and, for a dataset or info file, a nuScenes submission
+    (global frame), atomically.
 
     Once frames run, the outputs always hold exactly the frames that finished, and
     detections.json's "run" record says whether the run was complete, partial (frames skipped),
@@ -122,9 +126,12 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         raise ConfigError(f"unexpected argument(s) {[str(f) for f in more_images]}; camera images "
                           "follow --images", field="--images")
     single = pcd is not None or bool(camera_files) or calib is not None
-    if (data is not None) + single + (bag is not None) != 1:
-        raise ConfigError("give one of --data (a dataset), --bag (a ROS 2 bag) or --pcd, "
-                          "--images and --calib (one frame)", field="--data")
+    if (data is not None) + single + (bag is not None) + (info is not None) != 1:
+        raise ConfigError("give one of --data (a dataset), --info (an info .pkl), --bag (a "
+                          "ROS 2 bag) or --pcd, --images and --calib (one frame)",
+                          field="--data")
+    if data_root is not None and info is None:
+        raise ConfigError("--data-root locates the files of an --info file", field="--data-root")
     if bag_out is not None and bag is None:
         raise ConfigError("--bag-out writes the detections beside an input bag: give --bag",
                           field="--bag-out")
@@ -150,6 +157,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
         from bevdeploy.cli.bag import open_bag
 
         source = open_bag(bag, p, topics=topics, slop=sync_slop)
+    elif info is not None:
+        from bevdeploy.cli._info import info_source
+
+        source = info_source(info, data_root, p, limit)
     else:
         source = DatasetSource(data, p, version=version, split=split, limit=limit,
                                dropout=dropout)
@@ -192,7 +203,8 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
 
 
 @command(name="eval")
-def eval_cmd(data: DataOpt,
+def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dataset root: "
+                                                 "the frames, or with --bag the ground truth."),
              out: Path = typer.Option(..., help="Output directory: results_nusc.json, "
                                       "metrics.json."),
              package: PackageOpt = None,
@@ -202,6 +214,8 @@ def eval_cmd(data: DataOpt,
              version: VersionOpt = "v1.0-mini",
              split: SplitOpt = "mini_val",
              limit: LimitOpt = None,
+             info: InfoOpt = None,
+             data_root: DataRootOpt = None,
              bag: BagOpt = None,
              topics: TopicsOpt = None,
              sync_slop: SyncSlopOpt = 0.05,
@@ -233,8 +247,16 @@ def eval_cmd(data: DataOpt,
     from bevdeploy.eval.plots import PLOTS_DIR
     from bevdeploy.sinks import Metrics
 
+    if (data is None) == (info is None) or (info is None) != (data_root is None) or (
+            info is not None and bag is not None):
+        from bevdeploy.errors import ConfigError
+
+        raise ConfigError("give --data (a dataset, or with --bag its ground truth) or --info "
+                          "with --data-root (an info file scored on that dataset)",
+                          field="--data")
     cluster = ray_options(ray, workers, cpus_per_worker, gpus_per_worker)
-    dropout = camera_dropout(on_missing_camera, drop_camera, dataset=bag is None, ray=ray)
+    dropout = camera_dropout(on_missing_camera, drop_camera, dataset=bag is None and info is None,
+                             ray=ray)
     target = claim_output(out, overwrite=overwrite)
     options = detector.check_options(package=package is not None, backend=backend,
                                      schedule=schedule, gpu_config=gpu_config)
@@ -249,11 +271,18 @@ def eval_cmd(data: DataOpt,
                               "holds", field="--limit")
         source: Any = open_bag(bag, p, topics=topics, slop=sync_slop,
                                keys=dataset_keys(data, p, version=version, split=split))
+    elif info is not None:  # its samples scored on --data-root's tables
+        from bevdeploy.cli._info import scored_info_source
+
+        source = scored_info_source(info, data_root, p, version=version, split=split,
+                                    limit=limit)
     else:
         source = DatasetSource(data, p, version=version, split=split,  # before the model
                                limit=limit, dropout=dropout)
     assert target.staging is not None
-    metrics = Metrics(data, target.staging, version=version, split=split,
+    truth = data if info is None else data_root  # the tables scoring reads
+    assert truth is not None
+    metrics = Metrics(truth, target.staging, version=version, split=split,
                       final_dir=target.out)
     with open_detector(pkg if pkg is not None else p, cluster, source,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,

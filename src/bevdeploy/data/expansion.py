@@ -7,8 +7,11 @@ but ``np.asarray`` on it asks for gigabytes (an 11 GiB allocation, then a raw ``
 is reached (a shared list counts once per reference), strings and arrays by their length, and
 stops as soon as the count passes a budget proportional to the file's size: a file written
 without such sharing never comes near it, since every element it holds costs at least one byte
-of the file. Cycles (a list holding itself) and deep nesting are refused too; the walk is
-iterative, so a deep object cannot exhaust the interpreter's stack.
+of the file. A container is walked once: reached again, it adds the size and height recorded
+the first time, so a file built of shared references is refused after walking only the objects
+it really holds (milliseconds, not a walk of the whole budget). Cycles (a list holding itself)
+and deep nesting are refused too; the walk is iterative, so a deep object cannot exhaust the
+interpreter's stack.
 """
 
 from __future__ import annotations
@@ -38,32 +41,44 @@ def check_expansion(obj: Any, budget: int, *, path: Path, error: type[BevDeployE
     the count, or raise ``error`` naming ``path`` when it passes the budget, holds a cycle or
     nests deeper than ``MAX_DEPTH``."""
     count = 0
-    # (object, depth, leaving): ``leaving`` marks the exit of a container, to track the path
-    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)]
+    # (object, depth, entered): ``entered`` (the count when the container was entered) marks
+    # its exit, when its expanded size and height are recorded for every later reference
+    stack: list[tuple[Any, int, int | None]] = [(obj, 0, None)]
     on_path: set[int] = set()
+    walked: dict[int, tuple[int, int]] = {}  # id → (expanded size, height) of a container
     while stack:
-        item, depth, leaving = stack.pop()
-        if leaving:
+        item, depth, entered = stack.pop()
+        if entered is not None:
             on_path.discard(id(item))
+            height = 1 + max((walked[id(c)][1] for c in _children(item) or ()
+                              if id(c) in walked), default=0)
+            walked[id(item)] = (count - entered, height)
             continue
-        count += _weight(item)
-        children = _children(item)
+        start = count
+        if id(item) in walked:  # a container reached again: what its first walk found
+            size, reach = walked[id(item)]
+            count += size
+            children = None
+        else:
+            count += _weight(item)
+            children = _children(item)
+            reach = 0 if children is None else 1
         if count + len(children or ()) > budget:
             raise error(f"expands to more than {budget:,} elements (the bound for a file of "
                         "this size): the same objects are referenced over and over, as no "
                         "converter writes them; refused before building arrays", path=path,
+                        field="file")
+        if depth + reach > MAX_DEPTH:
+            raise error(f"nested more than {MAX_DEPTH} levels deep; refused", path=path,
                         field="file")
         if children is None:
             continue
         if id(item) in on_path:
             raise error("holds a container that contains itself; refused", path=path,
                         field="file")
-        if depth >= MAX_DEPTH:
-            raise error(f"nested more than {MAX_DEPTH} levels deep; refused", path=path,
-                        field="file")
         on_path.add(id(item))
-        stack.append((item, depth, True))
-        stack.extend((child, depth + 1, False) for child in children)
+        stack.append((item, depth, start))
+        stack.extend((child, depth + 1, None) for child in children)
     return count
 
 

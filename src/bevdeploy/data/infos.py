@@ -86,8 +86,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "containers and numpy arrays", path=self.source, field=f"{module}.{name}") from None
 
 
-def load_infos(path: str | Path) -> dict[str, Any]:
-    """Unpickle an info file with the allow-list and check its top-level shape."""
+def unpickle_info_file(path: str | Path) -> Any:
+    """Unpickle an info file of either format (this module's ``infos``, ``data.info_v2``'s
+    ``data_list``) with the allow-list, and bound what it expands to before any reader builds
+    an array from it."""
     p = Path(path)
     try:
         raw = p.read_bytes()  # in memory: a declared length beyond the file allocates nothing
@@ -100,6 +102,14 @@ def load_infos(path: str | Path) -> dict[str, Any]:
         raise DatasetError(f"not a readable pickle: {excerpt(exc)}", path=p,
                            field="file") from None
     check_expansion(data, expansion_budget(len(raw)), path=p, error=DatasetError)
+    return data
+
+
+def load_infos(path: str | Path, data: Any = None) -> dict[str, Any]:
+    """Unpickle an info file (or take ``data``, already unpickled from it) and check that it is
+    the ``infos`` format."""
+    p = Path(path)
+    data = unpickle_info_file(p) if data is None else data
     if not isinstance(data, Mapping) or not isinstance(data.get("infos"), list):
         raise DatasetError("expected a mapping with an 'infos' list (the mmdet3d 0.x / "
                            "mit-han-lab format; mmdet3d >= 1.1 'data_list' files are another "
@@ -234,12 +244,12 @@ class InfoLoader(RecordFrames):
     def __init__(self, pkl_path: str | Path, preset: Preset | str,
                  dataroot: str | Path | None = None, *, sweeps: int | None = None,
                  sweep_policy: SweepPolicy = "nearest", seed: int = 0, with_gt: bool = True,
-                 pad_empty_sweeps: bool = True) -> None:
+                 pad_empty_sweeps: bool = True, data: Any = None) -> None:
         super().__init__(preset, sweeps=sweeps, sweep_policy=sweep_policy, seed=seed,
                          pad_empty_sweeps=pad_empty_sweeps, with_gt=with_gt)
         self.path = Path(pkl_path)
         self.dataroot = None if dataroot is None else Path(dataroot)
-        data = load_infos(self.path)
+        data = load_infos(self.path, data)  # ``data``: unpickled already (data.info_files)
         metadata = data.get("metadata", {})
         self.version = str(metadata.get("version", "")) if isinstance(metadata, Mapping) else ""
         records = [record_from_info(info, source=self.path, where=f"infos[{i}]",

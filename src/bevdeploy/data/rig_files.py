@@ -47,10 +47,12 @@ def rig_from_nuscenes(root: str | Path, sample_token: str, out: str | Path, pres
 
 def rig_from_info(info_path: str | Path, out: str | Path, preset: Preset, *,
                   index: int = 0) -> Path:
-    """Write the rig of sample ``index`` (in time order) of an info ``.pkl``."""
-    from bevdeploy.data.infos import InfoLoader
+    """Write the rig of sample ``index`` (in time order) of an info ``.pkl`` of either format
+    (``data.info_files``: legacy ``infos`` or mmdet3d >= 1.1 ``data_list``, whose matrices are
+    float32)."""
+    from bevdeploy.data.info_files import open_info_file
 
-    loader = InfoLoader(info_path, preset, sweeps=0)
+    loader = open_info_file(info_path, preset, sweeps=0)
     if not 0 <= index < len(loader):
         raise ConfigError(f"the info file has {len(loader)} samples; index {index} is outside "
                           f"[0, {len(loader)})", field="--index")
