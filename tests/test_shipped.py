@@ -12,7 +12,8 @@ from bevdeploy.package import load_package
 from bevdeploy.presets import get_preset
 from bevdeploy.shipped import install_shipped, shipped_package, shipped_package_dir
 
-REGENERATE = "bevdeploy export --preset tiny --out src/bevdeploy/assets/packages/tiny"
+REGENERATE = ("bevdeploy export --preset tiny --out src/bevdeploy/assets/packages/tiny "
+              "--overwrite, then delete src/bevdeploy/assets/packages/.tiny.lock")
 UNRECORDED = ("created_utc", "versions")  # when and with which library versions it was written
 
 
@@ -32,6 +33,11 @@ def test_shipped_package_equals_a_fresh_export(trained_tiny_package: Path) -> No
         if name != "manifest.json":
             assert (shipped / name).read_bytes() == (trained_tiny_package / name).read_bytes(), \
                 f"{name} differs from a fresh export; run: {REGENERATE}"
+
+
+def test_nothing_but_packages_ships_beside_them() -> None:
+    folder = shipped_package_dir("tiny").parent
+    assert [p.name for p in folder.iterdir()] == ["tiny"], f"stray files; see: {REGENERATE}"
 
 
 def test_shipped_package_is_used_only_for_the_preset_it_was_exported_from() -> None:

@@ -11,9 +11,10 @@ test ``tests/test_shipped.py`` exports the preset and compares module by module,
 byte, so a change of the model, the exporter or the weights cannot leave a stale copy behind;
 regenerate with::
 
-    bevdeploy export --preset tiny --out src/bevdeploy/assets/packages/tiny
+    bevdeploy export --preset tiny --out src/bevdeploy/assets/packages/tiny --overwrite
 
-(with ``--overwrite`` where ``export`` asks for it to replace a directory).
+and delete the output lock ``export`` leaves beside it (``assets/packages/.tiny.lock``), which
+``package-data`` would otherwise ship.
 """
 
 from __future__ import annotations
