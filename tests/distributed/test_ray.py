@@ -1,6 +1,6 @@
 """``--ray``: the frame loop's frames on a real two-node Ray cluster on this machine
 (``ray.cluster_utils.Cluster``, one CPU per node, loopback only), against the same run in one
-process. One cluster is shared by the module (starting one takes ~15 s on two cores).
+process. One cluster is shared by the session (``conftest.py``; starting one takes ~15 s).
 
 What is shown: ``eval --ray`` scores exactly what one process scores (the devkit's metrics
 and the submission equal); a worker killed mid-run (SIGKILL of its process) has its frames
@@ -17,7 +17,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +41,6 @@ from bevdeploy.package import load_package  # noqa: E402
 from bevdeploy.sinks import DetectionsJson  # noqa: E402
 
 runner = CliRunner()
-NODE = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 200 * 1024**2}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A head and a second node, one CPU each: two workers land on two nodes."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    try:
-        c.add_node(**NODE)
-        yield c
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
 
 
 def _without(doc: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from typing import Optional
 import typer
 
 from bevdeploy.cli._app import claim_output, command, console, warn
-from bevdeploy.cli._options import OverwriteOpt, ThreadsOpt, WideOpt
+from bevdeploy.cli._options import (
+    CpusPerWorkerOpt, OverwriteOpt, RayOpt, ThreadsOpt, WideOpt, WorkersOpt,
+)
 
 @command()
 def export(out: Path = typer.Option(..., help="Package directory to write (atomically)."),
@@ -99,12 +101,17 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
                                                                     "(repeatable; default "
                                                                     "both)."),
              threads: ThreadsOpt = None,
+             ray: RayOpt = None,
+             workers: WorkersOpt = 2,
+             cpus_per_worker: CpusPerWorkerOpt = 1.0,
              wide: WideOpt = False,
              overwrite: OverwriteOpt = False) -> None:
     """Simplify, convert to FP16 and/or quantize to INT8 (QDQ) the dense modules of a package;
     the optimized modules are checked for NaN/Inf on the calibration frames. --sensitivity ranks
     the INT8 layer groups (each quantized alone) by output cosine; with --sensitivity-map each
-    group's mAP on held-out frames, and its drop from the FP32 mAP, too (worst first)."""
+    group's mAP on held-out frames, and its drop from the FP32 mAP, too (worst first); with
+    --ray those probes are scored by the cluster's workers, the same numbers."""
+    from bevdeploy.cli._distributed import ray_options
     from bevdeploy.errors import ConfigError
     from bevdeploy.optimize import (
         CalibrationSource, Int8Options, OptimizeOptions, optimize_package,
@@ -129,7 +136,7 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
         sensitivity_map=EvalSource(sensitivity_data, sensitivity_frames, version,
                                    sensitivity_split) if sensitivity_map else None,
         sensitivity_modules=tuple(sensitivity_module or INT8_MODULES),
-        threads=threads)
+        threads=threads, ray=ray_options(ray, workers, cpus_per_worker, 0.0))
     check_not_source(package, out)
     target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)
     assert target.staging is not None
@@ -139,6 +146,12 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     print_report(console, result.table() if wide else result.narrow_table(), wide=wide)
     if result.sensitivity is not None:
         print_report(console, result.sensitivity.table(sensitivity_top), wide=wide)
+        cluster = (result.sensitivity.evaluation or {}).get("ray")
+        if cluster is not None:
+            console.print(f"{cluster['probes']} probes scored by {cluster['workers']} Ray "
+                          f"worker(s) at {cluster['address']}: "
+                          f"{cluster['model_bytes_per_probe']:,} model bytes per probe through "
+                          f"the object store, {len(cluster['retries'])} retries")
     console.print(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
 
 

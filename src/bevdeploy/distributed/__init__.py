@@ -7,8 +7,10 @@ and the dataset once, frames are loaded and detected on the workers, and only th
 and the small part of each frame the sinks read come back.
 
 ``cluster`` reaches the cluster (``--ray auto|local|HOST:PORT``), ``worker`` is what runs on a
-worker and what crosses the object store, ``pool`` schedules, retries and orders the frames.
-Ray is the ``[ray]`` extra and is imported only when ``--ray`` is used.
+worker and what crosses the object store, ``pool`` schedules, retries and orders the frames and
+admits workers (same version and package as the driver). ``probe`` (imported on its own: it
+pulls in the optimizer) scores ``optimize --sensitivity-map``'s groups on the same kind of
+workers. Ray is the ``[ray]`` extra and is imported only when ``--ray`` is used.
 """
 
 from bevdeploy.distributed.cluster import RayOptions, check_ray_options, connect

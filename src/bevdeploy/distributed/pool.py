@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from bevdeploy.data.frame import Detections, Frame
@@ -32,6 +33,42 @@ MAX_RETRIES = 2
 
 class WorkerLost(BevDeployError):
     """A frame whose workers kept dying: it was retried ``max_retries`` times."""
+
+
+def check_resources(ray: ModuleType, options: RayOptions) -> None:
+    """Refuse, naming the flag, more workers than the cluster has CPUs or GPUs for (Ray would
+    otherwise wait for them forever)."""
+    have = ray.cluster_resources()
+    for key, per, flag in (("CPU", options.cpus_per_worker, "--workers"),
+                           ("GPU", options.gpus_per_worker, "--gpus-per-worker")):
+        need = per * options.workers
+        if need > have.get(key, 0) + 1e-9:
+            raise ConfigError(f"{options.workers} worker(s) × {per:g} {key} need {need:g} "
+                              f"{key}s; the cluster at {options.address} has "
+                              f"{have.get(key, 0):g}", field=flag)
+
+
+def admit(ray: ModuleType, actors: Mapping[int, Any], expected: WorkerFacts,
+          options: RayOptions, where: dict[int, str], pids: dict[int, int]) -> None:
+    """Wait for ``actors`` (worker id → an actor whose ``facts()`` returns ``(WorkerFacts,
+    host, pid, open error)``) to open, record each one's host and pid in ``where`` and
+    ``pids``, and refuse, naming it, any that differs from the driver's ``expected`` facts or
+    could not open its package or dataset: results from another version or package would be
+    silently different."""
+    refs = [actor.facts.remote() for actor in actors.values()]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
+    if len(ready) < len(refs):
+        raise ConfigError(f"workers did not start within {STARTUP_TIMEOUT_S:.0f} s on the "
+                          f"cluster at {options.address}", field="--ray")
+    for wid, ref in zip(actors, refs):
+        facts, where[wid], pids[wid], error = ray.get(ref)
+        if error is not None:
+            raise type(error)(f"worker {wid} on {where[wid]} could not open: {error}",
+                              field="--ray")
+        differs = facts.mismatch(expected)
+        if differs is not None:
+            cls = PackageError if facts.version == expected.version else ConfigError
+            raise cls(f"worker {wid} on {where[wid]} {differs}; refused", field="--ray")
 
 
 class RayDetectorPool:
@@ -55,7 +92,7 @@ class RayDetectorPool:
         self.expected = expected or WorkerFacts.of(model)
         if isinstance(model, Path):
             model = str(model.resolve())
-        self._check_resources()
+        check_resources(self.ray, options)
         self._actor_class = self.ray.remote(FrameWorker).options(
             num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
             max_restarts=0, max_task_retries=0)
@@ -82,16 +119,6 @@ class RayDetectorPool:
 
     # ---- workers ---------------------------------------------------------------------------
 
-    def _check_resources(self) -> None:
-        have = self.ray.cluster_resources()
-        for key, per, flag in (("CPU", self.options.cpus_per_worker, "--workers"),
-                               ("GPU", self.options.gpus_per_worker, "--gpus-per-worker")):
-            need = per * self.options.workers
-            if need > have.get(key, 0) + 1e-9:
-                raise ConfigError(f"{self.options.workers} worker(s) × {per:g} {key} need "
-                                  f"{need:g} {key}s; the cluster at {self.options.address} has "
-                                  f"{have.get(key, 0):g}", field=flag)
-
     def _spawn(self) -> int:
         wid = self._next_id
         self._next_id += 1
@@ -100,23 +127,8 @@ class RayDetectorPool:
         return wid
 
     def _start(self, ids: list[int]) -> None:
-        """Wait for the workers ``ids`` to open, and refuse any that differs from the driver
-        or could not open its package or dataset, naming it."""
-        refs = [self.workers[w].facts.remote() for w in ids]
-        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
-        if len(ready) < len(refs):
-            raise ConfigError(f"workers did not start within {STARTUP_TIMEOUT_S:.0f} s on the "
-                              f"cluster at {self.options.address}", field="--ray")
-        for wid, ref in zip(ids, refs):
-            facts, where, pid, error = self.ray.get(ref)
-            self.where[wid], self.pids[wid] = where, pid
-            if error is not None:
-                raise type(error)(f"worker {wid} on {where} could not open: {error}",
-                                  field="--ray")
-            differs = facts.mismatch(self.expected)
-            if differs is not None:
-                cls = PackageError if facts.version == self.expected.version else ConfigError
-                raise cls(f"worker {wid} on {where} {differs}; refused", field="--ray")
+        admit(self.ray, {w: self.workers[w] for w in ids}, self.expected, self.options,
+              self.where, self.pids)
 
     def _least_loaded(self) -> int:
         load = Counter({wid: 0 for wid in self.workers})

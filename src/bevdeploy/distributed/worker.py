@@ -108,6 +108,11 @@ def _node_id() -> str:
         return ""
 
 
+def where() -> str:
+    """This worker's host, pid and Ray node, for messages and run records."""
+    return f"{socket.gethostname()} pid {os.getpid()} node {_node_id()[:12]}"
+
+
 def slim(frame: Frame) -> Frame:
     """The frame without its sensor data or ground truth (what the detections, submission and
     metrics sinks never read)."""
@@ -126,7 +131,7 @@ class FrameWorker:
         from bevdeploy import detector
 
         self.keep_sensors = keep_sensors
-        self.where = f"{socket.gethostname()} pid {os.getpid()} node {_node_id()[:12]}"
+        self.where = where()
         self.facts_ = WorkerFacts.of(model)
         self.open_error: BevDeployError | None = None
         try:

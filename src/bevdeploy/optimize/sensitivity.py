@@ -19,6 +19,11 @@ quantized are scored once each on the same frames, so each group's mAP drop is m
 the same baseline; the ranking then puts the largest drop first (cosine breaks ties, which are
 common on a few frames). The frames must not be calibration frames: INT8 ranges fitted to a
 frame flatter its score.
+
+The probes are independent of each other, so ``optimize --ray`` scores them on a Ray cluster
+(``bevdeploy.distributed.probe.RayMapProbe``, the same ``MapScorer`` interface): the groups
+are quantized here and streamed to the scorer (``MapScorer.scores``), which may score several
+while the next are being quantized.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -166,6 +171,18 @@ def eval_frames(package: DeployPackage, data: Path, *, version: str, split: str,
     return EvalFrames(chosen, Path(data), version, split)
 
 
+class MapScorer(Protocol):
+    """What scores the groups' mAP: ``MapProbe`` here, or ``RayMapProbe`` on a cluster."""
+
+    fp32_map: float
+
+    def score(self, swaps: Mapping[str, onnx.ModelProto]) -> float: ...
+
+    def scores(self, swaps: Iterable[Mapping[str, onnx.ModelProto]]) -> Iterator[float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
 class MapProbe:
     """The FP32 package's pipeline, scored by the devkit on fixed frames, with chosen modules'
     runners swapped for in-memory models: the mAP of the whole detector with only those
@@ -179,8 +196,17 @@ class MapProbe:
         self._options = RunnerOptions(threads=threads)
         self.fp32_map = self.score({})
 
-    def score(self, swaps: Mapping[str, onnx.ModelProto]) -> float:
-        """Devkit mAP (all ten classes, ``DetectionEval``) with ``swaps`` in place."""
+    def scores(self, swaps: Iterable[Mapping[str, onnx.ModelProto]]) -> Iterator[float]:
+        """``score`` of each of ``swaps``, one after the other."""
+        return (self.score(s) for s in swaps)
+
+    def describe(self) -> dict[str, Any]:
+        """The report's record of what was scored (``EvalFrames.describe``)."""
+        return self.frames.describe()
+
+    def score(self, swaps: Mapping[str, onnx.ModelProto | bytes]) -> float:
+        """Devkit mAP (all ten classes, ``DetectionEval``) with ``swaps`` in place (a model,
+        or its serialized bytes as a Ray worker receives them)."""
         from bevdeploy.eval.nuscenes_eval import evaluate  # eval sits above optimize
 
         runners = self.pipeline.runners
@@ -195,10 +221,11 @@ class MapProbe:
             return evaluate(results, self.frames.data, tmp, version=self.frames.version,
                             split=self.frames.split).mean_ap
 
-    def _runner(self, name: str, model: onnx.ModelProto) -> OnnxRuntimeRunner:
+    def _runner(self, name: str, model: onnx.ModelProto | bytes) -> OnnxRuntimeRunner:
         pkg = self.pipeline.package
         entry = pkg.module(name)
-        session = ort.InferenceSession(model.SerializeToString(),
+        blob = model if isinstance(model, bytes) else model.SerializeToString()
+        session = ort.InferenceSession(blob,
                                        sess_options=session_options(self._options),
                                        providers=list(PROVIDERS))
         return OnnxRuntimeRunner(name, pkg.path(name), session, entry.inputs, entry.outputs)
@@ -244,24 +271,31 @@ def run_all(model: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[list[np.ndar
 def module_sensitivity(module: str, model: onnx.ModelProto, ranges: TensorsData,
                        feeds: Sequence[Feeds], options: Int8Options, *,
                        granularity: Granularity, exclude: Sequence[str] = (),
-                       probe: MapProbe | None = None) -> tuple[float, list[GroupSensitivity]]:
+                       probe: MapScorer | None = None) -> tuple[float, list[GroupSensitivity]]:
     """(worst cosine fully quantized, per-group results) for one module; with ``probe``, each
-    group's mAP too."""
+    group's mAP too (each quantized group is handed to the probe as soon as it is made, so a
+    parallel probe scores while the next group is quantized)."""
     reference = run_all(model, feeds)
     full = quantize(model, ranges, options, exclude=exclude)
     full_cos, _ = output_agreement(reference, run_all(full, feeds))
     weighted = [n.name for n in weighted_nodes(model)]
-    results = []
-    for group, nodes in layer_groups(model, granularity, skip=exclude).items():
-        quantized = quantize(model, ranges, options, only=nodes)
-        cosine, rel = output_agreement(reference, run_all(quantized, feeds))
-        score = drop = None
-        if probe is not None:
-            score = probe.score({module: quantized})
-            drop = probe.fp32_map - score
-        results.append(GroupSensitivity(module, group, tuple(nodes), cosine, rel,
-                                        _patterns(module, group, nodes, weighted), score, drop))
-    return full_cos, results
+    results: list[GroupSensitivity] = []
+
+    def quantized_groups() -> Iterator[dict[str, onnx.ModelProto]]:
+        for group, nodes in layer_groups(model, granularity, skip=exclude).items():
+            quantized = quantize(model, ranges, options, only=nodes)
+            cosine, rel = output_agreement(reference, run_all(quantized, feeds))
+            results.append(GroupSensitivity(module, group, tuple(nodes), cosine, rel,
+                                            _patterns(module, group, nodes, weighted)))
+            yield {module: quantized}
+
+    if probe is None:
+        for _ in quantized_groups():
+            pass
+        return full_cos, results
+    scores = list(probe.scores(quantized_groups()))
+    return full_cos, [replace(g, map=m, map_drop=probe.fp32_map - m)
+                      for g, m in zip(results, scores)]
 
 
 def _patterns(module: str, group: str, nodes: Sequence[str], weighted: Sequence[str]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +37,7 @@ import onnx
 from rich.console import RenderableType
 from rich.table import Table
 
+from bevdeploy.distributed.cluster import RayOptions
 from bevdeploy.errors import ConfigError
 from bevdeploy.export.onnx_utils import model_opset, op_census
 from bevdeploy.io import replace_dir, staging_dir
@@ -46,7 +49,7 @@ from bevdeploy.optimize.int8 import (
     INT8_MODULES, Int8Options, calibrate, check_patterns_used, excluded_nodes, quantize,
 )
 from bevdeploy.optimize.sensitivity import (
-    EvalFrames, EvalSource, Granularity, MapProbe, SensitivityReport, eval_frames,
+    EvalFrames, EvalSource, Granularity, MapProbe, MapScorer, SensitivityReport, eval_frames,
     module_sensitivity, rank,
 )
 from bevdeploy.optimize.simplify import simplify as slim
@@ -81,6 +84,7 @@ class OptimizeOptions:
     sensitivity_map: EvalSource | None = None  # also score each group's mAP on these frames
     sensitivity_modules: tuple[str, ...] = INT8_MODULES  # the modules whose groups are probed
     threads: int | None = None
+    ray: RayOptions | None = None  # score the sensitivity_map probes on this Ray cluster
 
     def check(self) -> None:
         if not (self.simplify or self.fp16 or self.int8):
@@ -94,6 +98,9 @@ class OptimizeOptions:
         if self.sensitivity_map is not None and self.sensitivity is None:
             raise ConfigError("--sensitivity-map scores the groups of the sensitivity report: "
                               "give --sensitivity too", field="sensitivity_map")
+        if self.ray is not None and self.sensitivity_map is None:
+            raise ConfigError("the cluster scores the --sensitivity-map probes: give "
+                              "--sensitivity --sensitivity-map", field="--ray")
         unknown = sorted(set(self.sensitivity_modules) - set(INT8_MODULES))
         if unknown:
             raise ConfigError(f"{unknown} are not quantized; choose from {list(INT8_MODULES)}",
@@ -245,18 +252,18 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
     report = None
     if options.sensitivity is not None and int8 is not None and calib is not None:
         full, groups = {}, []
-        probe = None if evaluation is None else MapProbe(pkg, evaluation, threads=options.threads)
-        for m in [q for q in quantized if q in options.sensitivity_modules]:
-            full[m], found = module_sensitivity(m, sources[m], ranges[m], calib.feeds[m], int8,
-                                                granularity=options.sensitivity,
-                                                exclude=excluded[m], probe=probe)
-            groups.extend(found)
-        if probe is None:
-            report = rank(options.sensitivity, calib.frames, full, groups)
-        else:
-            report = rank(options.sensitivity, calib.frames, full, groups,
-                          fp32_map=probe.fp32_map, int8_map=probe.score(int8_models),
-                          evaluation=probe.frames.describe())
+        with _map_probe(pkg, evaluation, options) as probe:
+            for m in [q for q in quantized if q in options.sensitivity_modules]:
+                full[m], found = module_sensitivity(m, sources[m], ranges[m], calib.feeds[m],
+                                                    int8, granularity=options.sensitivity,
+                                                    exclude=excluded[m], probe=probe)
+                groups.extend(found)
+            if probe is None:
+                report = rank(options.sensitivity, calib.frames, full, groups)
+            else:
+                report = rank(options.sensitivity, calib.frames, full, groups,
+                              fp32_map=probe.fp32_map, int8_map=probe.score(int8_models),
+                              evaluation=probe.describe())
         (staging / SENSITIVITY_FILE).write_text(report.to_json(), encoding="utf-8")
 
     record = _record(pkg, options, calib, changes, excluded, report)
@@ -264,6 +271,24 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     load_package(staging)  # every hash and the manifest schema, before it becomes visible
     return OptimizeResult(staging, tuple(changes), report, record)
+
+
+@contextmanager
+def _map_probe(pkg: DeployPackage, evaluation: EvalFrames | None, options: OptimizeOptions
+               ) -> Iterator[MapScorer | None]:
+    """The ``--sensitivity-map`` scorer: this process's ``MapProbe``, or with ``options.ray``
+    the workers of a Ray cluster (Ray imported, and the cluster connected, only then)."""
+    if evaluation is None:
+        yield None
+    elif options.ray is None:
+        yield MapProbe(pkg, evaluation, threads=options.threads)
+    else:
+        from bevdeploy.distributed.cluster import connect
+        from bevdeploy.distributed.probe import RayMapProbe
+
+        with connect(options.ray), RayMapProbe(pkg, evaluation, options.ray,
+                                               threads=options.threads) as probe:
+            yield probe
 
 
 def _kept_io(name: str, before: onnx.ModelProto, after: onnx.ModelProto, step: str,
