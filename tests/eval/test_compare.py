@@ -282,14 +282,36 @@ def test_the_checkpoint_must_be_the_one_the_package_was_exported_from(exported, 
         compare(package, other, frames)
     assert err.value.field == "checkpoint.sha256" and err.value.path == str(other)
     assert sha256_file(other) in str(err.value) and sha256_file(checkpoint) in str(err.value)
-    with pytest.raises(CheckpointError, match="calibrated.pth") as err:
-        compare(package, None, frames)
-    assert err.value.field == "checkpoint"
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         compare(package, tmp_path / "missing.pth", frames)
     with pytest.raises(InputError) as err:
         compare(package, checkpoint, [])
     assert err.value.field == "frames"
+
+
+def test_without_a_checkpoint_the_recorded_file_beside_the_package_is_the_reference(
+        exported, frames, tmp_path):
+    """``compare`` without ``--checkpoint`` uses the weights the package was exported from:
+    the file of the recorded name beside the package, taken only for its SHA-256; elsewhere,
+    or beside under the same name with other content, it refuses naming the file and hash."""
+    model, checkpoint, package = exported
+    assert checkpoint.parent == package.parent  # exported beside each other
+    result = compare(package, None, frames[:1])
+    assert result.checkpoint == "calibrated.pth" and result.passed, _table_text(result)
+
+    moved = tmp_path / "moved" / "package"
+    shutil.copytree(package, moved)
+    with pytest.raises(CheckpointError) as err:
+        compare(moved, None, frames[:1])
+    said = str(err.value)
+    assert err.value.field == "checkpoint" and err.value.path == str(moved / MANIFEST_NAME)
+    assert "calibrated.pth" in said and sha256_file(checkpoint) in said
+    assert str(moved.parent / "calibrated.pth") in said  # where it looked
+
+    impostor = save_checkpoint(model, moved.parent / "calibrated.pth", meta={"note": "other"})
+    with pytest.raises(CheckpointError) as err:
+        compare(moved, None, frames[:1])
+    assert sha256_file(impostor) in str(err.value) and sha256_file(checkpoint) in str(err.value)
 
 
 def test_a_random_weight_package_is_compared_with_the_exporters_seeded_init(exported, frames,

@@ -32,6 +32,20 @@ def test_compare_exit_codes(synthetic_world: Path, tmp_path: Path) -> None:
     assert "fuser" in bad.output
 
 
+@pytest.mark.skipif(not TINY.checkpoint_path.is_file(), reason="no shipped tiny weights")
+def test_compare_without_checkpoint_finds_the_presets_weights_by_hash(synthetic_world: Path,
+                                                                      tmp_path: Path) -> None:
+    """The package was exported from the preset's own file (nothing of that name lies beside
+    it): compare finds it by its SHA-256 and says which file it loaded."""
+    from bevdeploy.export.writer import export_package
+
+    package = export_package(TINY, TINY.checkpoint_path, tmp_path / "package")
+    result = CliRunner().invoke(app, ["compare", "--data", str(synthetic_world), "--package",
+                                      str(package), "--frames", "1"])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output and TINY.checkpoint_path.name in result.output
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--backend", "onnxruntime", "--gpu-config", "fp16"], "apply to the backends"),
     (["--backend", "torch-cuda", "--gpu-config", "bf16"], "no bf16 limits"),

@@ -91,20 +91,21 @@ def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
                       require_match: bool = True) -> tuple[BEVFusion, Weights]:
     """The reference model of a deploy package: the weights it was exported from.
 
-    The manifest records its checkpoint's SHA-256. With ``require_match`` (``compare``: both
-    sides must hold the same weights) a package of random weights takes no checkpoint and gets
-    the exporter's seeded initialisation, and a package from a checkpoint needs exactly that
-    file, named by both hashes when another is given. Without it (``bench``: only the speed
-    counts) ``checkpoint`` is used as given; when it is ``None`` the preset's default file is
-    used if it is the package's own, else the seeded initialisation.
+    The manifest records its checkpoint's file name and SHA-256. When ``checkpoint`` is
+    ``None``, that file is looked for where it can be found by its hash (``find_recorded``).
+    With ``require_match`` (``compare``: both sides must hold the same weights) a package of
+    random weights takes no checkpoint and gets the exporter's seeded initialisation, and a
+    package from a checkpoint needs exactly that file: a given file of another hash is named by
+    both hashes, and when none is given and none is found the refusal names the recorded file,
+    its hash and the places looked in. Without it (``bench``: only the speed counts)
+    ``checkpoint`` is used as given, else the found file, else the seeded initialisation.
     """
     recorded = pkg.manifest.checkpoint
     path = None if checkpoint is None else Path(checkpoint)
+    looked: list[str] = []
+    if path is None and recorded is not None:
+        path, looked = find_recorded(pkg)
     if not require_match:
-        default = pkg.preset.checkpoint_path
-        if path is None and recorded is not None and default is not None \
-                and Path(default).is_file() and sha256_file(default) == recorded["sha256"]:
-            path = Path(default)
         return create_model(pkg.preset, path, box_convention=pkg.manifest.box_convention)
     manifest = pkg.root / MANIFEST_NAME
     if recorded is None and path is not None:
@@ -115,7 +116,9 @@ def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
         name = recorded.get("file", "?")
         if path is None:
             raise CheckpointError(f"the package was exported from {name} (sha256 "
-                                  f"{recorded['sha256']}); pass that checkpoint as the reference",
+                                  f"{recorded['sha256']}), not found (looked at: "
+                                  f"{'; '.join(looked) or 'nothing to look at'}); pass that "
+                                  "checkpoint as the reference",
                                   path=manifest, field="checkpoint")
         if not path.is_file():
             raise CheckpointError("no such checkpoint file", path=path, field="checkpoint")
@@ -125,3 +128,31 @@ def package_reference(pkg: DeployPackage, checkpoint: str | Path | None, *,
                                   f"{name}, the checkpoint the package was exported from",
                                   path=path, field="checkpoint.sha256")
     return create_model(pkg.preset, path, box_convention=pkg.manifest.box_convention)
+
+
+def find_recorded(pkg: DeployPackage) -> tuple[Path | None, list[str]]:
+    """The checkpoint a package's manifest records, where it can be found honestly: the
+    preset's default file, then a file of the recorded name beside the package (in the
+    package directory's parent), each taken only if its SHA-256 is the recorded one, since a
+    name alone proves nothing. Returns the file (``None`` if none fits) and, for a refusal,
+    what was looked at and why it did not fit."""
+    recorded = pkg.manifest.checkpoint
+    if recorded is None:
+        return None, []
+    candidates: list[Path] = []
+    if pkg.preset.checkpoint_path is not None:
+        candidates.append(Path(pkg.preset.checkpoint_path))
+    name = str(recorded.get("file", ""))
+    beside = pkg.root.parent / name
+    if name and Path(name).name == name and name not in (".", "..") and beside not in candidates:
+        candidates.append(beside)  # a bare file name only: the manifest cannot point elsewhere
+    looked = []
+    for candidate in candidates:
+        if not candidate.is_file():
+            looked.append(f"{candidate} (absent)")
+            continue
+        digest = sha256_file(candidate)
+        if digest == recorded["sha256"]:
+            return candidate, looked
+        looked.append(f"{candidate} (sha256 {digest})")
+    return None, looked

@@ -19,7 +19,16 @@ gets the same property without training:
   value TransFusion and CenterPoint start from) and a gain measured on a seeded noise frame
   (``calibrate_heatmap``), so the logits of the best cells sit a few units above the prior, in
   the steep part of the sigmoid rather than its flat, saturated top where float32 rounds
-  neighbours together.
+  neighbours together;
+* the head's decoder gets unit-scale inputs, as trained weights give it: the shared conv's gain
+  is measured on the same frame so that the head's features have a standard deviation of 1, and
+  the positional embeddings' first layer is divided by the BEV grid's size, since He's law
+  assumes unit-scale inputs and the positions are cell indices. Without this the residual
+  depth of nuscenes-resnet50 leaves features of std ~150 (max ~8e3) and embeddings up to ~660,
+  the attention logits reach 1e5..1e6 and the softmax turns into an argmax between keys whose
+  logits differ by a few units: float32 rounding at that magnitude (spacing 0.06) then moves
+  single proposals by 1e-3 of the scale (measured: the reference's own float32 forward against
+  float64, head.height 2.7e-3, above FP32's 1e-3 limit), so no FP32 deployment could pass.
 
 On the tiny preset's synthetic frames this gives 101 distinct values among the 101 best cells
 and a top-k boundary gap of about 1e-4 (tests/model/test_init.py measures it); FP32 deployment
@@ -67,13 +76,18 @@ def distinct_init(model: BEVFusion) -> None:
             module.in_proj_weight.normal_(0.0, math.sqrt(1.0 / embed))
             if module.in_proj_bias is not None:
                 module.in_proj_bias.zero_()
-    model.heads["object"].heatmap_head[-1].bias.fill_(HEATMAP_PRIOR_BIAS)
+    head = model.heads["object"]
+    head.heatmap_head[-1].bias.fill_(HEATMAP_PRIOR_BIAS)
+    for layer in head.decoder:
+        for embedding in (layer.self_posembed, layer.cross_posembed):
+            embedding.position_embedding_head[0].weight.div_(max(head.bev_size))
     calibrate_heatmap(model)
 
 
 PROBE_SEED = 0
 PROBE_POINTS = 4_000
 HEATMAP_LOGIT_STD = 0.1  # spread of the probe frame's heatmap logits that the gain aims at
+HEAD_FEATURE_STD = 1.0  # spread of the probe frame's head features (shared conv output)
 
 
 def probe_frame(preset: Preset) -> Frame:
@@ -92,20 +106,36 @@ def probe_frame(preset: Preset) -> Frame:
 
 
 @torch.no_grad()
-def calibrate_heatmap(model: BEVFusion) -> float:
-    """Scale the heatmap's last convolution so that the logits of ``probe_frame`` spread by
-    ``HEATMAP_LOGIT_STD`` around the prior: the homogeneous network's scale depends on its
-    depth and on the preset's shapes (measured: a standard deviation of 0.9 on tiny, 15.6 on
-    nuscenes-resnet50 with the same weight law), so no fixed gain avoids saturating the
-    sigmoid on every preset. The gain is rounded to two significant digits, so that float
-    summation order (thread counts) cannot change the weights. Returns the gain."""
-    conv = model.heads["object"].heatmap_head[-1]
+def calibrate_heatmap(model: BEVFusion) -> tuple[float, float]:
+    """Scale the head's shared convolution so that its features on ``probe_frame`` have the
+    standard deviation ``HEAD_FEATURE_STD``, and the heatmap's last convolution so that the
+    logits spread by ``HEATMAP_LOGIT_STD`` around the prior: the homogeneous network's scale
+    depends on its depth and on the preset's shapes (measured: head features of std 0.8 on
+    tiny, 154 on nuscenes-resnet50 with the same weight law), so no fixed gain fits every
+    preset. One forward measures both: the path from the shared conv to the logits has no
+    bias, so the logits scale with the shared conv's gain. Each gain is rounded to two
+    significant digits, so that float summation order (thread counts) cannot change the
+    weights. Returns the two gains."""
+    head = model.heads["object"]
+    conv = head.heatmap_head[-1]
+    features: list[float] = []
+    hook = head.shared_conv.register_forward_hook(
+        lambda _module, _inputs, output: features.append(float(output.std())))
     was_training = model.training
     model.eval()
     batch = collate([probe_frame(model.preset)], model.preset)
-    logits = model(batch)["dense_heatmap"] - conv.bias.view(1, -1, 1, 1)
-    model.train(was_training)
-    spread = float(logits.std())
-    gain = 1.0 if spread == 0.0 else float(f"{HEATMAP_LOGIT_STD / spread:.2g}")
+    try:
+        logits = model(batch)["dense_heatmap"] - conv.bias.view(1, -1, 1, 1)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    feature_gain = _gain(HEAD_FEATURE_STD, features[0])
+    head.shared_conv.weight.mul_(feature_gain)
+    gain = _gain(HEATMAP_LOGIT_STD, float(logits.std()) * feature_gain)
     conv.weight.mul_(gain)
-    return gain
+    return feature_gain, gain
+
+
+def _gain(target: float, spread: float) -> float:
+    """``target / spread`` to two significant digits (1 for a spread of 0)."""
+    return 1.0 if spread == 0.0 else float(f"{target / spread:.2g}")

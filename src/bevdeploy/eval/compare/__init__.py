@@ -22,7 +22,9 @@ too; the table's first red row locates it. Two rows differ on purpose:
   head's own arithmetic can move a proposal, and where the reference's heatmap has a near tie
   at the top-k boundary (a gap smaller than the error the head's precision allows) the report
   says so. Proposals are paired one to one (same class, closest regression outputs) before
-  comparing, so a legitimate reordering of near-equal scores is not mistaken for an error.
+  comparing, so a legitimate reordering of near-equal or exactly equal scores is not mistaken
+  for an error; the notes say which moves are ties, near-ties, or unexplained, and when the
+  top-k boundary falls inside an exact tie.
 * ``boxes`` — the end-to-end result of each chain (deployed boxes come from the deployed fused
   features), matched greedily by centre distance within the same class: centre distance,
   rotated BEV IoU, score delta, and the boxes without a partner.

@@ -106,8 +106,10 @@ def align_proposals(reference: Mapping[str, np.ndarray], deployed: Mapping[str, 
     class (argmax of ``score``) at the least L1 distance of their regression outputs (rot, dim,
     reg, height, vel): a correct deployment puts each reference proposal's partner at rounding
     distance and every other proposal orders of magnitude farther, so the pairing undoes a
-    reordering of near-equal heatmap scores and nothing else. A pairing across classes costs
-    more than any within one. Non-finite values get the largest cost.
+    reordering of near-equal or exactly equal heatmap scores and nothing else. A pairing across
+    classes costs more than any within one. Non-finite values get the largest cost.
+    Among pairings of equal cost (exact ties of whole proposals) each proposal keeps its place
+    (``_keep_places``), so a tie is never reported as a reordering.
     """
     def columns(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         vec = np.concatenate([np.asarray(outputs[k], np.float64)[0] for k in _REGRESSION]).T
@@ -123,6 +125,22 @@ def align_proposals(reference: Mapping[str, np.ndarray], deployed: Mapping[str, 
     rows, cols = linear_sum_assignment(cost)
     order = np.empty(len(rows), dtype=np.int64)
     order[rows] = cols
+    return _keep_places(order, cost)
+
+
+def _keep_places(order: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """``order`` with every proposal that can keep its own place at no extra cost kept there:
+    the assignment is optimal, so swapping the partners of reference proposals ``i`` and ``j``
+    (the one holding deployed column ``i``) never lowers the total, and it keeps it only when
+    the costs tie exactly, as for duplicated proposals."""
+    order = order.copy()
+    holder = np.empty_like(order)
+    holder[order] = np.arange(len(order))
+    for i in range(len(order)):
+        j, partner = int(holder[i]), int(order[i])
+        if j != i and cost[i, i] + cost[j, partner] <= cost[i, partner] + cost[j, i]:
+            order[i], order[j] = i, partner
+            holder[i], holder[partner] = i, j
     return order
 
 
@@ -252,17 +270,40 @@ def voxel_failures(reference: np.ndarray, deployed: np.ndarray) -> list[str]:
 
 def head_remarks(order: np.ndarray, ranked: np.ndarray, proposals: int, tol: Tolerances
                  ) -> list[str]:
-    """What explains a head difference without being one: proposals paired out of order, and
-    a top-k boundary closer than the heatmap error ``tol`` allows (the deployed head may then
-    select another cell, legitimately)."""
+    """What explains a head difference without being one.
+
+    ``ranked`` is the reference's sorted local-max heatmap, so reference proposal ``i`` was
+    selected with score ``ranked[i]`` and a proposal found at deployed place ``order[i]`` was
+    ranked there by scores that equal ``ranked[order[i]]`` up to the heatmap error: a move
+    between exactly equal scores is each runtime's tie-breaking, one within the heatmap error
+    budget (``tol`` relative to the best score) a legitimate near-tie, and only moves beyond it
+    are reported as unexplained. Likewise the top-k boundary: inside an exact tie, or closer
+    than the budget, the deployed head may legitimately select other cells.
+    """
     remarks = []
-    moved = int(np.count_nonzero(order != np.arange(len(order))))
-    if moved:
-        remarks.append(f"{moved} proposals paired out of order")
+    budget = tol.rel_max_abs * float(ranked[0])
+    places = np.arange(len(order))
+    moved = order != places
+    if moved.any():
+        step = np.abs(ranked[places] - ranked[order])[moved]
+        tied, near = int((step == 0).sum()), int(((step > 0) & (step <= budget)).sum())
+        if tied:
+            remarks.append(f"{tied} proposals reordered among exactly equal heatmap scores "
+                           "(tie-breaking; not an error)")
+        if near:
+            remarks.append(f"{near} proposals reordered among heatmap scores within the error "
+                           f"budget {budget:.1e}")
+        if len(step) - tied - near:
+            remarks.append(f"{len(step) - tied - near} proposals paired out of order beyond "
+                           f"the heatmap error budget {budget:.1e}")
     if ranked.size > proposals:
-        gap = float(ranked[proposals - 1] - ranked[proposals])
-        budget = tol.rel_max_abs * float(ranked[0])
-        if gap <= budget:
-            remarks.append(f"top-k boundary gap {gap:.1e} within the heatmap error budget "
-                           f"{budget:.1e}: the proposal set may legitimately differ")
+        last, first_out = float(ranked[proposals - 1]), float(ranked[proposals])
+        if last == first_out:
+            kept = int((ranked[:proposals] == last).sum())
+            remarks.append(f"the top-k boundary falls inside an exact tie ({kept} of "
+                           f"{int((ranked == last).sum())} equal cells kept, by tie-breaking): "
+                           "the proposal set may legitimately differ")
+        elif last - first_out <= budget:
+            remarks.append(f"top-k boundary gap {last - first_out:.1e} within the heatmap error "
+                           f"budget {budget:.1e}: the proposal set may legitimately differ")
     return remarks

@@ -35,22 +35,24 @@ def compare(package: Path, checkpoint: Path | None, frames: Iterable[Frame], *,
     """Run the reference and the deployed package side by side on ``frames`` and compare every
     stage and the boxes (see ``bevdeploy.eval.compare``).
 
-    ``checkpoint`` must be the file the package was exported from (its SHA-256 is checked), or
-    ``None`` for a package of random weights. ``tolerances`` overrides the per-precision limits
-    for every stage. ``save`` is a directory that receives one ``frame_NNNN.npz`` per frame with
-    every compared pair (``<stage>.reference``, ``<stage>.deployed``, the deployed head outputs
-    in the paired proposal order, ``head.proposal_order``, and each side's boxes, scores and
-    labels), each written atomically. ``backend``, ``threads``, ``runner_options`` and
+    ``checkpoint`` must be the file the package was exported from (its SHA-256 is checked);
+    ``None`` looks for that file (``model.factory.find_recorded``) and refuses when it is not
+    found, or takes the seeded initialisation for a package of random weights. ``tolerances``
+    overrides the per-precision limits for every stage. ``save`` is a directory that receives
+    one ``frame_NNNN.npz`` per frame with every compared pair (``<stage>.reference``,
+    ``<stage>.deployed``, the deployed head outputs in the paired proposal order,
+    ``head.proposal_order``, and each side's boxes, scores and labels), each written
+    atomically. ``backend``, ``threads``, ``runner_options`` and
     ``schedule`` are the ``Pipeline``'s (a GPU backend's: ``GpuConfig.options`` and
     ``GpuConfig.schedule``).
     """
     pkg = load_package(package)
-    model, _ = package_reference(pkg, checkpoint, require_match=True)
+    model, weights = package_reference(pkg, checkpoint, require_match=True)
     limits = stage_tolerances(pkg, tolerances)
     pipeline = Pipeline(pkg, backend=backend, threads=threads, runner_options=runner_options,
                         schedule=schedule)
     report = CompareReport(package=str(pkg.root),
-                           checkpoint=None if checkpoint is None else Path(checkpoint).name,
+                           checkpoint=None if weights.random else weights.describe(),
                            backend=backend, tolerances=limits)
     count = 0
     for index, frame in enumerate(frames):
