@@ -7,9 +7,11 @@ frame loop, so one bad frame is one failure under the run's error policy rather 
 the run. ``global_poses`` says whether the frames carry the ego and global poses a nuScenes
 submission needs.
 
-Two sources exist: a split of a nuScenes-format dataset (read through the devkit) and one frame
-given as files (a point cloud, one image per camera, a calibration YAML). Both yield the same
-``Frame``, so every consumer — ``infer``, ``eval``, ``demo``, ``compare`` — is written once.
+Here: a split of a nuScenes-format dataset (read through the devkit) and one frame given as files
+(a point cloud, one image per camera, a calibration YAML). Beside them: an mmdetection3d info
+file over its data root (``data.info_files.InfoSource``) and, as a stream read in order, a ROS 2
+bag (``data.bags.BagSource``, ``data.streams``). All yield the same ``Frame``, so every consumer —
+``infer``, ``eval``, ``demo``, ``compare`` — is written once.
 """
 
 from __future__ import annotations
