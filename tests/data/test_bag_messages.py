@@ -118,6 +118,52 @@ def test_raw_and_compressed_images_decode_to_the_same_rgb() -> None:
         decode_compressed(SimpleNamespace(format="h264", data=b""), topic="/c")
 
 
+
+def _jpeg(pixels: np.ndarray, mode: str = "RGB", **save: object) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(out, format="JPEG", **save)
+    return out.getvalue()
+
+
+def test_jpegs_decode_to_pils_pixels_and_a_wrong_size_is_refused_from_the_header() -> None:
+    """libjpeg-turbo through simplejpeg gives PIL's pixels (the dataset path's) for every
+    chroma subsampling, progressive and greyscale JPEGs; CMYK and truncated files take PIL's
+    path (decoded, or refused as PIL refuses them); an image of the wrong size is refused
+    from its header, before its (here truncated) data is decoded."""
+    import simplejpeg
+
+    from bevdeploy.data.bags.images import decode_into
+
+    y, x = np.mgrid[0:90, 0:160]
+    noise = np.random.default_rng(3).integers(0, 40, (90, 160, 3))
+    pixels = np.stack([x * 1.5, y * 2.5, (x + y) % 256], axis=2) + noise
+    pixels = pixels.clip(0, 255).astype(np.uint8)
+    variants = {f"subsampling {s}": _jpeg(pixels, quality=90, subsampling=s) for s in (0, 1, 2)}
+    variants |= {"progressive": _jpeg(pixels, progressive=True, quality=75),
+                 "grey": _jpeg(pixels, "L"), "cmyk": _jpeg(pixels, "CMYK"),
+                 "rgb": _jpeg(pixels, keep_rgb=True)}
+    for name, data in variants.items():
+        pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        out = np.zeros((90, 160, 3), np.uint8)
+        decode_into(SimpleNamespace(format="jpeg", data=data), compressed=True, out=out,
+                    topic="/c", field="CAM")
+        np.testing.assert_array_equal(out, pil, err_msg=name)
+        if name != "cmyk":  # the fast path took it, and agrees with PIL
+            np.testing.assert_array_equal(simplejpeg.decode_jpeg(data, colorspace="RGB"), pil)
+    cut = variants["subsampling 2"][:len(variants["subsampling 2"]) // 2]
+    with pytest.raises(InputError, match=r"/c \(sensor_msgs/CompressedImage\) \[data\]: not a "
+                                         r"readable jpeg image \(.*[Tt]runcated"):
+        decode_compressed(SimpleNamespace(format="jpeg", data=cut), topic="/c")
+    with pytest.raises(InputError, match=r"\[CAM\]: image is 90×160 \(H×W\) but the preset "
+                                         r"expects 900×1600"):
+        decode_into(SimpleNamespace(format="jpeg", data=cut), compressed=True, topic="/c",
+                    out=np.zeros((900, 1600, 3), np.uint8), field="CAM")
+    raw = SimpleNamespace(encoding="rgb8", height=90, width=160, step=480,
+                          data=pixels.tobytes())
+    with pytest.raises(InputError, match=r"sensor_msgs/Image\) \[CAM\]: image is 90×160"):
+        decode_into(raw, compressed=False, out=np.zeros((9, 16, 3), np.uint8), topic="/c",
+                    field="CAM")
+
 def test_camera_info_gives_k_and_refuses_distortion() -> None:
     k = [1000.0, 0, 800, 0, 1000.0, 450, 0, 0, 1]
     ok = SimpleNamespace(d=[0.0] * 5, k=k, distortion_model="plumb_bob")

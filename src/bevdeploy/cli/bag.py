@@ -19,10 +19,22 @@ app.add_typer(bag_app, name="bag")
 
 def open_bag(bag: Path, preset: Any, *, topics: Optional[Path], slop: float,
              keys: dict[int, str] | None = None) -> Any:
-    """The bag as a frame source (``data.bags.source.BagSource``), opened before any model."""
+    """The bag as a frame source (``data.bags.source.BagSource``), opened before any model.
+    With ``keys`` (``eval``) the bag must carry the ego pose: scoring places the boxes in the
+    global frame, and a bag without one would give a plausible, meaningless mAP."""
     from bevdeploy.data.bags.source import BagSource
+    from bevdeploy.errors import InputError
 
-    return BagSource(bag, preset, topics=topics, slop_s=slop, keys=keys)
+    source = BagSource(bag, preset, topics=topics, slop_s=slop, keys=keys)
+    if keys is not None and not source.global_poses:
+        why = ("it has no /tf topic" if "/tf" not in source.tf_topics else
+               "no /tf transform has map, odom or world as its parent (or name the chain in "
+               "--topics: frames: {global: FRAME, base: FRAME})")
+        source.bag.close()
+        raise InputError(f"eval needs the ego pose in /tf to score in the global frame, and "
+                         f"{why}; infer runs on this bag without it", path=source.bag.path,
+                         field="/tf")
+    return source
 
 
 def dataset_keys(data: Path, preset: Any, *, version: str, split: str) -> dict[int, str]:
@@ -34,11 +46,31 @@ def dataset_keys(data: Path, preset: Any, *, version: str, split: str) -> dict[i
     return {int(loader.nusc.get("sample", t)["timestamp"]): t for t in loader.sample_tokens}
 
 
-def scene_sink(path: Path, source: Any) -> Any:
-    """``--bag-out``: the detections as a Foxglove SceneUpdate, with the input bag copied."""
+def scene_sink(bag_out: Path, source: Any, target: Any, *, overwrite: bool) -> Any:
+    """``--bag-out``: the detections as a Foxglove SceneUpdate, with the input bag copied.
+    ``target`` is the command's ``io.OutputDir``: ``--out`` is swapped in whole when the run
+    ends, so a ``--bag-out`` inside it is written into the staging directory and arrives with
+    the rest (a file written into the old ``--out`` would be deleted by the swap). Refused:
+    ``--out`` itself, the input bag (the copy reads it while the output replaces it), and an
+    existing file elsewhere without ``--overwrite``."""
+    import os
+
     from bevdeploy.data.bags.reader import Bag
+    from bevdeploy.errors import OutputError
     from bevdeploy.sinks.mcap import FoxgloveScene
 
+    path = Path(os.path.abspath(bag_out))
+    if path == target.out or path.is_dir():
+        raise OutputError("is a directory (or --out itself); name a file such as "
+                          "OUT/scene.mcap", path=bag_out, field="--bag-out")
+    if os.path.realpath(path) == os.path.realpath(source.bag.path):
+        raise OutputError("is the input --bag; name another file", path=bag_out,
+                          field="--bag-out")
+    if target.out in path.parents:
+        path = target.staging / path.relative_to(target.out)
+    elif path.exists() and not overwrite:
+        raise OutputError("already exists; pass --overwrite to replace it", path=bag_out,
+                          field="--bag-out")
     return FoxgloveScene(path, score_threshold=0.0, headers=source.header,
                          copy_from=Bag(source.bag.path))
 

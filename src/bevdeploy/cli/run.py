@@ -177,7 +177,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     if bag_out is not None:
         from bevdeploy.cli.bag import scene_sink
 
-        reported.append(scene_sink(bag_out, source))
+        reported.append(scene_sink(bag_out, source, target, overwrite=overwrite))
     sinks: list[Any] = [Selected(threshold, reported), timings]
     if source.global_poses:  # every proposal: nuScenes' mAP integrates the whole score range
         sinks.append(Submission(staging / "results_nusc.json"))

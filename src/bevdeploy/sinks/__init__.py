@@ -11,6 +11,10 @@ whether the run was complete. Each sink has one job:
 ``Renders``         a bird's-eye view and a camera mosaic per frame (PNG)
 ``Metrics``         mAP/NDS through nuscenes-devkit: the submission and ``metrics.json``
 ``StageTimings``    each frame's stage times, summarised as medians
+``FoxgloveScene``   ``infer --bag-out``: each frame's boxes as a ``foxglove.SceneUpdate`` in an
+                    MCAP file, the input bag's messages copied beside them (``sinks.mcap``,
+                    imported from there so protobuf loads only for it; streamed into a
+                    temporary file as frames finish, renamed when closed)
 ==================  ===========================================================================
 """
 

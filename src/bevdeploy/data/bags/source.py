@@ -24,19 +24,21 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bevdeploy.data.bags.images import decode_compressed, decode_raw, intrinsics
+from bevdeploy.data.bags.images import decode_into, intrinsics
 from bevdeploy.data.bags.msgdefs import (CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, POINTCLOUD2,
                                          TF_MESSAGE)
 from bevdeploy.data.bags.pointcloud2 import Cloud, decode_pointcloud2
 from bevdeploy.data.bags.reader import Bag, BagMessage, CorruptChunk
 from bevdeploy.data.bags.tf import TfTree, invert_rigid
-from bevdeploy.data.bags.topics import TopicMap, detect_topic_map, read_topic_map
+from bevdeploy.data.bags.topics import (TopicMap, detect_topic_map, ego_frames,
+                                        read_topic_map)
 from bevdeploy.data.frame import Calibration, Frame
 from bevdeploy.data.readers import remove_close, select_sweeps
 from bevdeploy.data.streams import FrameSlot
@@ -47,6 +49,9 @@ DEFAULT_SLOP_S = 0.05
 MAX_WAIT_NS = 2_000_000_000  # a key is emitted at the latest this long after its stamp
 MAX_SWEEP_SPAN_NS = 550_000_000  # previous sweeps older than this are not aggregated
 _HEADERS_KEPT = 16
+# A frame's images are decoded on this many threads (libjpeg-turbo releases the GIL): the
+# frame loop reads while the detector waits, so on a two-core machine the second core is free.
+DECODE_THREADS = 2
 
 
 def _ns(header: Any) -> int:
@@ -86,6 +91,9 @@ class BagSource:
         names = preset.cameras.names
         self.map: TopicMap = (read_topic_map(topics, names) if topics is not None
                               else detect_topic_map(self.bag, names))
+        if not (self.map.global_frame or self.map.base_frame):  # a YAML without frames
+            self.map = replace(self.map, **dict(zip(("global_frame", "base_frame"),
+                                                    ego_frames(self.bag))))
         lidar = self.bag.require(self.map.lidar, schemas=(POINTCLOUD2,), field="lidar")
         for name, cam in self.map.cameras.items():
             self.bag.require(cam.image, schemas=(COMPRESSED_IMAGE, IMAGE), field=name)
@@ -137,6 +145,7 @@ class BagSource:
                                        else item.end_ns)
             yield from state.ready(now_ns=None)
         finally:
+            state.decoders.shutdown(cancel_futures=True)
             self.bag.close()
 
 
@@ -153,6 +162,9 @@ class _State:
         self.history: deque[_Sweep] = deque()
         self.camera_errors: list[InputError] = []
         self.keys = deque(source.keys.items()) if source.keys is not None else None
+        self.decoded: dict[str, tuple[int, np.ndarray]] = {}  # camera → (stamp, pixels) last used
+        self.to_key: tuple[int, np.ndarray] | None = None  # (key stamp, T_keylidar←global)
+        self.decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="bag-decode")
 
     def _where(self, topic: str) -> str:
         return f"{self.src.bag.path} {topic}"
@@ -257,31 +269,40 @@ class _State:
             raise errors[0]
         assert sweep.cloud is not None and sweep.key is not None
         src, preset = self.src, self.src.preset
-        images, calib = [], self._calibration(sweep)
+        calib = self._calibration(sweep)
+        images = np.empty((len(preset.cameras.names), *preset.cameras.raw_size, 3), np.uint8)
+        jobs = []
         for i, name in enumerate(preset.cameras.names):
             image = self._nearest(name, sweep.ns)
-            topic = src.map.cameras[name].image
-            rgb = (decode_compressed if image.compressed else decode_raw)(
-                image.msg, topic=self._where(topic))
-            if rgb.shape[:2] != tuple(preset.cameras.raw_size):
-                raise InputError(f"image is {rgb.shape[0]}×{rgb.shape[1]} (H×W) but the preset "
-                                 f"expects {preset.cameras.raw_size[0]}×"
-                                 f"{preset.cameras.raw_size[1]}", path=self._where(topic),
-                                 field=name)
-            images.append(rgb)
+            jobs.append((name, image, images[i]))
             info = self.infos.get(name)
             if info is None:
                 raise InputError("no CameraInfo received before this frame",
                                  path=self._where(src.map.cameras[name].info), field=name)
             calib.intrinsics[i] = intrinsics(info, topic=self._where(src.map.cameras[name].info))
             calib.camera2lidar[i] = self._camera2lidar(sweep, image)
+        list(self.decoders.map(lambda job: self._pixels(*job), jobs))  # 1st error, in order
         src.headers[sweep.key] = (sweep.ns, sweep.frame_id)
         while len(src.headers) > _HEADERS_KEPT:
             src.headers.popitem(last=False)
-        frame = Frame(images=np.stack(images), points=self._points(sweep), calib=calib,
+        frame = Frame(images=images, points=self._points(sweep), calib=calib,
                       token=sweep.key, timestamp=sweep.ns // 1000,
                       source=f"{src.bag.path} {src.map.lidar}@{sweep.ns}")
         return frame.validate(preset.points.num_features)
+
+    def _pixels(self, camera: str, image: _Image, out: np.ndarray) -> None:
+        """``image`` decoded into ``out``, its slot of the frame's array, or copied from the
+        previous frame when that frame took the same image: with the LiDAR at 20 Hz and the
+        cameras at 12 Hz, two sweeps in five share their nearest images, and a copy costs a
+        seventh of a decode (0.3 vs 2.3 ms for 1600×900). Frames' images are only read
+        downstream, never written, so the previous frame's slot is the cache."""
+        last = self.decoded.get(camera)
+        if last is not None and last[0] == image.ns:
+            out[...] = last[1]
+        else:
+            decode_into(image.msg, compressed=image.compressed, out=out, field=camera,
+                        topic=self._where(self.src.map.cameras[camera].image))
+        self.decoded[camera] = (image.ns, out)
 
     def _nearest(self, camera: str, ns: int) -> _Image:
         q = self.images[camera]
@@ -320,11 +341,13 @@ class _State:
                                     topic=self._where("/tf_static"))
         base = self.src.map.base_frame
         assert base is not None
-        key = self._ego(sweep.ns) @ self.tree.lookup(base, sweep.frame_id, sweep.ns,
-                                                     topic=self._where("/tf_static"))
+        if self.to_key is None or self.to_key[0] != sweep.ns:  # once per frame, not per sensor
+            key = self._ego(sweep.ns) @ self.tree.lookup(base, sweep.frame_id, sweep.ns,
+                                                         topic=self._where("/tf_static"))
+            self.to_key = (sweep.ns, invert_rigid(key))
         sensor = self._ego(ns) @ self.tree.lookup(base, frame_id, ns,
                                                   topic=self._where("/tf_static"))
-        return invert_rigid(key) @ sensor
+        return self.to_key[1] @ sensor
 
     def _camera2lidar(self, sweep: _Sweep, image: _Image) -> np.ndarray:
         return self._sensor2lidar(sweep, image.frame_id, image.ns)

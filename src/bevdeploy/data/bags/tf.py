@@ -77,6 +77,9 @@ class TfTree:
         self.static: dict[tuple[str, str], np.ndarray] = {}
         self.timed: dict[tuple[str, str], deque[tuple[int, np.ndarray, np.ndarray]]] = {}
         self.latest_ns = -1  # newest timed transform seen
+        # chains found, until an edge is added: a frame looks up the same few chains a dozen
+        # times (each camera, each previous sweep), and the tree's shape rarely changes
+        self._paths: dict[tuple[str, str], list[str]] = {}
 
     @property
     def frames(self) -> set[str]:
@@ -92,6 +95,8 @@ class TfTree:
                 raise InputError(f"transform {parent} → {child} has an invalid rotation "
                                  f"{quat.tolist()}", path=topic, field="transform.rotation")
             trans = np.array([t.x, t.y, t.z], np.float64)
+            if (parent, child) not in self.static and (parent, child) not in self.timed:
+                self._paths.clear()
             if static:
                 m = np.eye(4)
                 m[:3, :3] = quaternion_matrix(*quat)
@@ -123,6 +128,12 @@ class TfTree:
 
     def _path(self, source: str, target: str) -> list[str]:
         """Frames from ``source`` to ``target`` (both included), or [] when not connected."""
+        path = self._paths.get((source, target))
+        if path is None:
+            path = self._paths[(source, target)] = self._search(source, target)
+        return path
+
+    def _search(self, source: str, target: str) -> list[str]:
         graph = self._neighbours()
         if source not in graph or target not in graph:
             return [source] if source == target else []

@@ -8,6 +8,9 @@ cameras:                       # the preset's camera names, in any order
 frames: {global: map, base: base_link}   # optional: the ego-pose chain in /tf
 ```
 
+Without ``frames`` (in a YAML or detected) the chain is the first ``/tf`` transform whose parent
+is map, odom or world (``ego_frames``).
+
 Detection matches a preset camera name (``CAM_FRONT``) to a topic having a path segment of the
 same letters and digits (``/cam_front/...``), or failing that to a topic whose first message's
 ``frame_id`` does; the single PointCloud2 topic is the LiDAR. When a camera has both a
@@ -141,11 +144,11 @@ def detect_topic_map(bag: Bag, camera_names: Sequence[str]) -> TopicMap:
         raise InputError("cannot tell which topic is which camera (" + "; ".join(problems)
                          + f"); write a --topics YAML. The bag has: {bag.listing()}",
                          path=bag.path, field="cameras")
-    global_frame, base_frame = _ego_frames(bag)
+    global_frame, base_frame = ego_frames(bag)
     return TopicMap(clouds[0], cameras, global_frame, base_frame, tuple(notes))
 
 
-def _ego_frames(bag: Bag) -> tuple[str | None, str | None]:
+def ego_frames(bag: Bag) -> tuple[str | None, str | None]:
     """(global, base) of the ego pose: the first ``/tf`` transform whose parent is map, odom
     or world; (None, None) without one."""
     if "/tf" not in bag.topics or bag.topics["/tf"].count == 0:
