@@ -248,3 +248,45 @@ def timing_rows(cases: list[Case], time_ms: Callable[[Callable[[], Any]], list[f
                                  p90_ms=float(np.percentile(times, 90)), floor_ms=floor_ms,
                                  floor_basis=basis, bytes_moved=bytes_moved, macs=macs))
     return rows
+
+
+def kernel_table(rows: list[KernelTiming], scn: dict[str, Any] | None, *, title: str,
+                 digits: int = 1, wide: bool = False) -> Any:
+    """The ``bench-kernels`` table: each kernel's median and p90 next to its floor, then the
+    SCN rows (``bench.scn.scn_benchmark``'s dict) when timed. Narrow by default (the work and
+    the floor basis numbered below the table), every column in it with ``wide``."""
+    from rich.table import Table
+
+    from bevdeploy.tables import Footnotes, compact_table, with_notes
+
+    notes = Footnotes()
+    table = Table(title=title) if wide else compact_table(title)
+    columns = ("kernel", "work", "median ms", "p90 ms", "floor ms", "× floor", "floor basis") \
+        if wide else ("kernel", "median", "p90", "floor", "×floor", "note")
+    for col in columns:
+        right = col not in ("kernel", "work", "floor basis", "note")
+        table.add_column(col, justify="right" if right else "left",
+                         no_wrap=not wide and col != "note")
+
+    def add(kernel: str, work: str, median: str, p90: str, floor: str, ratio: str,
+            basis: str) -> None:
+        if wide:
+            table.add_row(kernel, work, median, p90, floor, ratio, basis)
+        else:
+            table.add_row(kernel, median, p90, floor, ratio,
+                          notes.ref("; ".join(t for t in (work, basis) if t)))
+
+    for r in rows:
+        add(r.kernel, r.work, f"{r.median_ms:.{digits}f}", f"{r.p90_ms:.{digits}f}",
+            f"{r.floor_ms:.{digits}f}", f"{r.ratio:.1f}", r.floor_basis)
+    if scn is not None:
+        s = scn
+        add("scn (ours)", f"{s['num_voxels']:,} voxels, {s['conv_macs'] / 1e9:.1f} GMAC",
+            f"{s['ours_median_s'] * 1e3:.0f}", "", f"{s['floor_s'] * 1e3:.0f}",
+            f"{s['ours_median_s'] / s['floor_s']:.1f}",
+            f"MACs at {s['gemm_macs_per_s'] / 1e9:.0f} GMAC/s")
+        add("scn (spconv, 1 thread)", "same voxels",
+            f"{s['spconv_1_thread_median_s'] * 1e3:.0f}", "", "", "",
+            f"ours is {s['speedup_median']:.2f}× faster (wall), "
+            f"{s['speedup_1_thread_cpu_median']:.2f}× per core; cosine {s['cosine']:.6f}")
+    return with_notes(table, notes)

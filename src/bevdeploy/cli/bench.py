@@ -24,7 +24,8 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
                   device: str = typer.Option("cpu", help="cpu: the numba kernels; cuda: the "
                                              "Triton kernels on the GPU, CUDA-event timed, "
                                              "floors from its copy bandwidth (no SCN rows)."),
-                  json_out: JsonOutOpt = None) -> None:
+                  json_out: JsonOutOpt = None,
+                  wide: WideOpt = False) -> None:
     """Each kernel's median time after warm-up next to its floor on this machine (bytes
     over the measured copy bandwidth, or MACs over the measured float32 GEMM rate)."""
     import dataclasses
@@ -33,7 +34,8 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
     from bevdeploy.errors import ConfigError
     from bevdeploy.io import atomic_write
     from bevdeploy.presets import get_preset
-    from bevdeploy.bench.kernels import kernel_benchmarks
+    from bevdeploy.bench.kernels import kernel_benchmarks, kernel_table
+    from bevdeploy.tables import print_report
 
     p = get_preset(preset)
     if device == "cuda":
@@ -52,30 +54,16 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
             rows = kernel_benchmarks(p, num_points=points, repeats=repeats)
     else:
         raise ConfigError(f"expected cpu or cuda, got {device!r}", field="--device")
-    digits = 3 if device == "cuda" else 1
-    table = Table(title=f"{device.upper()} kernels, {p.name} shapes (median of {repeats} after "
-                        "warm-up)")
-    for col in ("kernel", "work", "median ms", "p90 ms", "floor ms", "× floor", "floor basis"):
-        table.add_column(col, justify="right" if "ms" in col or "×" in col else "left")
-    for r in rows:
-        table.add_row(r.kernel, r.work, f"{r.median_ms:.{digits}f}", f"{r.p90_ms:.{digits}f}",
-                      f"{r.floor_ms:.{digits}f}", f"{r.ratio:.1f}", r.floor_basis)
     result: dict = {"kernels": [dataclasses.asdict(r) for r in rows]}
     if scn and device == "cpu":
         from bevdeploy.bench.scn import scn_benchmark
 
         with console.status(f"timing the SCN executor and spconv on {voxels:,} voxels …"):
-            s = scn_benchmark(p.name, voxels, repeats=repeats)
-        result["scn"] = s
-        table.add_row("scn (ours)", f"{s['num_voxels']:,} voxels, {s['conv_macs'] / 1e9:.1f} GMAC",
-                      f"{s['ours_median_s'] * 1e3:.0f}", "", f"{s['floor_s'] * 1e3:.0f}",
-                      f"{s['ours_median_s'] / s['floor_s']:.1f}",
-                      f"MACs at {s['gemm_macs_per_s'] / 1e9:.0f} GMAC/s")
-        table.add_row("scn (spconv, 1 thread)", "same voxels",
-                      f"{s['spconv_1_thread_median_s'] * 1e3:.0f}", "", "", "",
-                      f"ours is {s['speedup_median']:.2f}× faster (wall), "
-                      f"{s['speedup_1_thread_cpu_median']:.2f}× per core; cosine {s['cosine']:.6f}")
-    console.print(table)
+            result["scn"] = scn_benchmark(p.name, voxels, repeats=repeats)
+    title = (f"{device.upper()} kernels, {p.name} shapes, ms (median of {repeats} after "
+             "warm-up)")
+    print_report(console, kernel_table(rows, result.get("scn"), title=title, wide=wide,
+                                       digits=3 if device == "cuda" else 1), wide=wide)
     if json_out is not None:
         atomic_write(json_out, json.dumps(result, indent=1).encode())
 

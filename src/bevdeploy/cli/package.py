@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from bevdeploy.cli._app import claim_output, command, console, warn
+from bevdeploy.cli._app import claim_output, command, console, err_console, warn
 from bevdeploy.cli._options import (
-    CpusPerWorkerOpt, OverwriteOpt, RayOpt, ThreadsOpt, WideOpt, WorkersOpt,
+    CpusPerWorkerOpt, JsonOutOpt, OverwriteOpt, RayOpt, ThreadsOpt, WideOpt, WorkersOpt,
 )
 
 @command()
@@ -111,7 +111,10 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     the INT8 layer groups (each quantized alone) by output cosine; with --sensitivity-map each
     group's mAP on held-out frames, and its drop from the FP32 mAP, too (worst first); with
     --ray those probes are scored by the cluster's workers, the same numbers."""
+    import dataclasses
+
     from bevdeploy.cli._distributed import ray_options
+    from bevdeploy.cli._progress import frame_progress
     from bevdeploy.errors import ConfigError
     from bevdeploy.optimize import (
         CalibrationSource, Int8Options, OptimizeOptions, optimize_package,
@@ -141,11 +144,14 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)
     assert target.staging is not None
     t0 = time.perf_counter()
-    result = optimize_package(package, target.staging, options)
+    with frame_progress(err_console, "INT8 calibration") as progress:
+        result = optimize_package(package, target.staging, options, progress=progress)
     root = target.commit()
+    result = dataclasses.replace(result, root=root)  # its title names the package, not staging
     print_report(console, result.table() if wide else result.narrow_table(), wide=wide)
     if result.sensitivity is not None:
-        print_report(console, result.sensitivity.table(sensitivity_top), wide=wide)
+        print_report(console, result.sensitivity.table(sensitivity_top) if wide else
+                     result.sensitivity.narrow_table(sensitivity_top), wide=wide)
         cluster = (result.sensitivity.evaluation or {}).get("ray")
         if cluster is not None:
             console.print(f"{cluster['probes']} probes scored by {cluster['workers']} Ray "
@@ -189,9 +195,19 @@ def build(package: Path = typer.Argument(..., help="Deploy package whose dense m
 
 @command(name="inspect")
 def inspect_package(package: Path = typer.Argument(..., help="Deploy package directory."),
-                    wide: WideOpt = False) -> None:
+                    wide: WideOpt = False,
+                    json_out: JsonOutOpt = None) -> None:
     """Print a package's manifest as tables (every file's hash is verified first); the
-    manifest itself (PACKAGE/manifest.json) is the machine-readable form."""
+    manifest itself (PACKAGE/manifest.json) is the machine-readable form, and --json writes
+    it once verified."""
     from bevdeploy.export.inspect import print_package
 
-    print_package(package, console=console, wide=wide)
+    pkg = print_package(package, console=console, wide=wide)
+    if json_out is not None:
+        import json
+
+        from bevdeploy.io import atomic_write
+
+        manifest = pkg.manifest.to_dict()
+        console.print(f"wrote {atomic_write(json_out, json.dumps(manifest, indent=1).encode())}",
+                      highlight=False)

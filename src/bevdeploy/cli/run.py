@@ -20,7 +20,7 @@ from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, ErrorPoli
                                     GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
                                     ScheduleOpt, ScoreThresholdOpt, SplitOpt, SyncSlopOpt,
                                     ThreadsOpt, TopicsOpt, VersionOpt)
-from bevdeploy.cli._options import OverwriteOpt
+from bevdeploy.cli._options import OverwriteOpt, WideOpt
 from bevdeploy.cli._options import DataRootOpt, InfoOpt
 from bevdeploy.cli._options import CpusPerWorkerOpt, GpusPerWorkerOpt, RayOpt, WorkersOpt
 from bevdeploy.cli._options import OnMissingCameraOpt
@@ -234,11 +234,13 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dat
              ray: RayOpt = None,
              workers: WorkersOpt = 2,
              cpus_per_worker: CpusPerWorkerOpt = 1.0,
-             gpus_per_worker: GpusPerWorkerOpt = 0.0) -> None:
+             gpus_per_worker: GpusPerWorkerOpt = 0.0,
+             wide: WideOpt = False) -> None:
     """mAP, NDS, TP errors and per-class AP through nuscenes-devkit's DetectionEval, for the
     reference or a deployed package, on real nuScenes or the synthetic world. A metric covers
     the whole run or nothing: a stopped or interrupted run writes no metrics; with --limit the
-    run is scored on those samples only."""
+    run is scored on those samples only. The machine-readable form of the table is
+    OUT/metrics.json (no --json needed: every figure of the table is there)."""
     from bevdeploy import detector
     from bevdeploy.data.sources import DatasetSource
     from bevdeploy.frame_loop import run_frames
@@ -246,6 +248,7 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dat
     from bevdeploy.presets import get_preset
     from bevdeploy.eval.plots import PLOTS_DIR
     from bevdeploy.sinks import Metrics
+    from bevdeploy.tables import print_report
 
     if (data is None) == (info is None) or (info is None) != (data_root is None) or (
             info is not None and bag is not None):
@@ -300,7 +303,8 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dat
         target.commit()
     loop.raise_if_ended()
     assert metrics.result is not None
-    console.print(metrics.result.table())
+    print_report(console, metrics.result.table() if wide else metrics.result.narrow_table(),
+                 wide=wide)
     if plots and written:
         console.print(f"plots in {Path(written[-1]).parent / PLOTS_DIR}", highlight=False)
     console.print(f"{loop.summary()}; wrote " + " and ".join(str(w) for w in written),

@@ -98,9 +98,19 @@ class EvalResult:
 
     def table(self) -> Table:
         """Per-class AP and TP errors, then the summary rows (rich)."""
+        return self._table(narrow=False)
+
+    def narrow_table(self) -> Table:
+        """``table()`` for an 80-column terminal: the compact style, no cell folded."""
+        return self._table(narrow=True)
+
+    def _table(self, *, narrow: bool) -> Table:
+        from bevdeploy.tables import compact_table
+
         scope = "full split" if self.full_split else f"{self.num_samples} samples of the split"
-        table = Table(title=f"nuScenes detection, {self.version} {self.split} ({scope})")
-        table.add_column("class")
+        title = f"nuScenes detection, {self.version} {self.split} ({scope})"
+        table = compact_table(title) if narrow else Table(title=title)
+        table.add_column("class", no_wrap=narrow)
         table.add_column("GT", justify="right")
         table.add_column("AP", justify="right")
         for metric in TP_METRICS:

@@ -151,10 +151,11 @@ def narrow_tables(pkg: DeployPackage) -> list[RenderableType]:
 
 
 def print_package(path: str | Path, *, console: Console | None = None,
-                  wide: bool = False) -> None:
+                  wide: bool = False) -> DeployPackage:
     """Verify the package at ``path`` and print its tables (``PackageError`` if it is
-    damaged): fitted to the terminal, or every column unfolded with ``wide``."""
+    damaged): fitted to the terminal, or every column unfolded with ``wide``; returns it."""
     console = console or Console()
     pkg = load_package(path)
     for table in (package_tables(pkg) if wide else narrow_tables(pkg)):
         print_report(console, table, wide=wide)
+    return pkg

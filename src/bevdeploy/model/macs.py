@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import RenderableType
 from rich.table import Table
 from spconv.pytorch.conv import SparseConvolution
 from torch import Tensor, nn
@@ -416,3 +417,36 @@ def model_info_table(rows: Sequence[ModuleCost], title: str = "model info") -> T
                   str(sum(r.state_keys for r in rows)), f"{sum(r.macs for r in rows) / 1e9:.3f}",
                   "")
     return table
+
+
+def narrow_model_info_table(rows: Sequence[ModuleCost], title: str = "model info"
+                            ) -> RenderableType:
+    """``model_info_table`` for an 80-column terminal: short headers (M params, G MACs), each
+    detail a numbered note below the table."""
+    from bevdeploy.tables import Footnotes, compact_table, with_notes
+
+    table = compact_table(title)
+    table.add_column("module", no_wrap=True)
+    for col in ("params M", "keys", "GMAC"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("note", no_wrap=True)
+    notes = Footnotes()
+    for row in rows:
+        table.add_row(row.name, f"{row.params / 1e6:.3f}", str(row.state_keys),
+                      f"{row.macs / 1e9:.3f}", notes.ref(row.detail))
+    table.add_section()
+    table.add_row("total", f"{sum(r.params for r in rows) / 1e6:.3f}",
+                  str(sum(r.state_keys for r in rows)), f"{sum(r.macs for r in rows) / 1e9:.3f}",
+                  "")
+    return with_notes(table, notes)
+
+
+def model_info_json(rows: Sequence[ModuleCost], preset: str) -> str:
+    """The rows as JSON (exact counts, not the table's rounded M and G), with their totals."""
+    import json
+    from dataclasses import asdict
+
+    return json.dumps({"preset": preset, "modules": [asdict(r) for r in rows],
+                       "total": {"params": sum(r.params for r in rows),
+                                 "state_keys": sum(r.state_keys for r in rows),
+                                 "macs": sum(r.macs for r in rows)}}, indent=1) + "\n"

@@ -10,7 +10,7 @@ module will see at deployment (up to the error of the modules upstream of it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +60,23 @@ class CalibrationSet:
                 "sample_tokens": list(self.tokens)}
 
 
+Progress = Callable[[int, int, str], None]  # (frames done, frames in all, the frame's name)
+
+
 def record_inputs(package: DeployPackage, frames: Iterable[Frame], modules: Sequence[str],
-                  *, threads: int | None = None) -> dict[str, list[Feeds]]:
-    """Run ``frames`` through the package's pipeline and return each module's feeds."""
+                  *, threads: int | None = None, progress: Progress | None = None
+                  ) -> dict[str, list[Feeds]]:
+    """Run ``frames`` through the package's pipeline and return each module's feeds;
+    ``progress`` is told after each frame."""
     pipeline = Pipeline(package, threads=threads)
     recorded: dict[str, list[Feeds]] = {name: [] for name in modules}
     for name in modules:
         pipeline.runners[name] = _RecordingRunner(pipeline.runners[name], recorded[name])
-    for frame in frames:
+    frames = list(frames)
+    for done, frame in enumerate(frames, start=1):
         pipeline.run(frame)
+        if progress is not None:
+            progress(done, len(frames), frame.token or str(done - 1))
     return recorded
 
 
@@ -85,14 +93,16 @@ def frame_indices(available: int, count: int) -> list[int]:
 
 def calibration_set(package: DeployPackage, data: Path, modules: Sequence[str], *,
                     frames: int, version: str = "v1.0-mini", split: str = "mini_train",
-                    threads: int | None = None) -> CalibrationSet:
-    """Record the feeds of ``modules`` on ``frames`` frames of a nuScenes-format dataset."""
+                    threads: int | None = None, progress: Progress | None = None
+                    ) -> CalibrationSet:
+    """Record the feeds of ``modules`` on ``frames`` frames of a nuScenes-format dataset
+    (``progress``: see ``record_inputs``)."""
     from bevdeploy.data.nuscenes import NuScenesLoader
 
     loader = NuScenesLoader(data, version=version, split=split, preset=package.preset)
     picked = frame_indices(len(loader), frames)
     chosen = [loader[i] for i in picked]
-    feeds = record_inputs(package, chosen, modules, threads=threads)
+    feeds = record_inputs(package, chosen, modules, threads=threads, progress=progress)
     return CalibrationSet(feeds=feeds, dataset=str(data), split=split,
                           tokens=tuple(f.token or str(i) for f, i in zip(chosen, picked)))
 

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import TensorsData
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from bevdeploy.data.frame import Frame
@@ -119,6 +120,48 @@ class SensitivityReport:
             table.add_row(str(rank), g.module, g.group, str(len(g.nodes)), f"{g.cosine:.6f}",
                           f"{g.rel_max_abs:.2e}", *scored, " ".join(g.exclude))
         return table
+
+
+    def narrow_table(self, top: int | None = None) -> RenderableType:
+        """``table()`` for an 80-column terminal: short headers (the modules' as in
+        ``inspect``'s census), the ``--exclude`` patterns numbered below the table, then the
+        headers' legend, the ranking's basis and the all-quantized cosines as lines."""
+        from rich.text import Text
+
+        from bevdeploy.export.inspect import SHORT_NAMES
+        from bevdeploy.tables import Footnotes, compact_table
+
+        scored = self.fp32_map is not None
+        table = compact_table(f"INT8 sensitivity, {self.granularity}s quantized one at a time "
+                              f"(worst first)")
+        for col in ("#", "module", "group", "n", "cosine", "err",
+                    *(("mAP", "drop") if scored else ()), "ex"):
+            left = col in ("module", "group", "ex")
+            table.add_column(col, justify="left" if left else "right",
+                             no_wrap=col != "group", overflow="fold")
+        notes = Footnotes()
+        shown = self.groups[:top]
+        for rank, g in enumerate(shown, start=1):
+            maps = (_fmt(g.map, ".4f"), _fmt(g.map_drop, "+.4f")) if scored else ()
+            table.add_row(str(rank), SHORT_NAMES.get(g.module, g.module), g.group,
+                          str(len(g.nodes)), f"{g.cosine:.6f}", f"{g.rel_max_abs:.1e}", *maps,
+                          notes.ref(" ".join(g.exclude)))
+        modules = sorted({g.module for g in shown if SHORT_NAMES.get(g.module, g.module)
+                          != g.module})
+        basis = f"{self.frames} calibration frames; ranked by "
+        if scored:
+            on = "" if self.evaluation is None else \
+                f" on {self.evaluation['frames']} {self.evaluation['split']} frames"
+            basis += (f"mAP drop{on}, then cosine; mAP FP32 {self.fp32_map:.4f}, all INT8 "
+                      f"{_fmt(self.int8_map, '.4f')}")
+        else:
+            basis += "cosine"
+        full = ", ".join(f"{m} {c:.5f}" for m, c in self.full.items())
+        legend = ", ".join(f"{SHORT_NAMES[m]} = {m}" for m in modules)
+        lines = [f"{legend}{'; ' if legend else ''}n: layers; err: max-abs error / scale; ex: the --exclude "
+                 "patterns keeping the group float", basis,
+                 f"all quantized, cosine: {full}"]
+        return Group(table, *notes.render(), *(Text(line, overflow="fold") for line in lines))
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -41,7 +41,7 @@ from bevdeploy.distributed.cluster import RayOptions
 from bevdeploy.errors import ConfigError
 from bevdeploy.export.onnx_utils import model_opset, op_census
 from bevdeploy.io import replace_dir, staging_dir
-from bevdeploy.optimize.calibrate import CalibrationSet, calibration_set
+from bevdeploy.optimize.calibrate import CalibrationSet, Progress, calibration_set
 from bevdeploy.optimize.fp16 import FP32_OPS, fp32_nodes, to_fp16
 from bevdeploy.optimize.graph import QDQ_OPS, GraphStats, check_io_kept, int8_layers
 from bevdeploy.optimize.guard import check_finite
@@ -165,9 +165,10 @@ class OptimizeResult:
         return with_notes(table, notes)
 
 
-def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions
-                     ) -> OptimizeResult:
-    """Write the optimized copy of package ``src`` to ``out`` (atomically; ``src`` untouched)."""
+def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions, *,
+                     progress: Progress | None = None) -> OptimizeResult:
+    """Write the optimized copy of package ``src`` to ``out`` (atomically; ``src`` untouched);
+    ``progress`` is told after each calibration frame (``calibrate.record_inputs``)."""
     options.check()
     pkg = load_package(src)
     out = Path(out)
@@ -180,7 +181,7 @@ def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions
     if options.calib is not None:
         c = options.calib
         calib = calibration_set(pkg, c.data, DENSE_MODULES, frames=c.frames, version=c.version,
-                                split=c.split, threads=options.threads)
+                                split=c.split, threads=options.threads, progress=progress)
     evaluation = None  # the --sensitivity-map frames, loaded (and checked) before the work
     if options.sensitivity_map is not None and options.calib is not None and calib is not None:
         e, c = options.sensitivity_map, options.calib
