@@ -247,7 +247,10 @@ def test_infer_single_frame_from_files_equals_the_in_memory_frame(reference, pip
     np.testing.assert_allclose([b["score"] for b in boxes], expected.scores, atol=1e-6)
     assert not (out / "results_nusc.json").exists()  # no sample token, no submission
 
-    result = CliRunner().invoke(app, [*base, "--images", *images[:5]])
+    # a fresh --out each: the first run's output exists now (refused without --overwrite)
+    retry = [*base[:-3], "--out", str(tmp_path / "out-retry"), "--keep-all"]
+    result = CliRunner().invoke(app, [*retry, "--images", *images[:5]])
     assert result.exit_code == InputError.exit_code and "--images" in result.output
-    result = CliRunner().invoke(app, ["infer", "--package", str(reference[1]), "--out", str(out)])
+    result = CliRunner().invoke(app, ["infer", "--package", str(reference[1]), "--out",
+                                      str(tmp_path / "out-none")])
     assert result.exit_code == ConfigError.exit_code and "--data" in result.output
