@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bevdeploy.data.frame import Frame
 from bevdeploy.data.info_v2 import DataListLoader, is_data_list
 from bevdeploy.data.infos import InfoLoader, unpickle_info_file
 from bevdeploy.data.nuscenes import RecordFrames
+from bevdeploy.data.sources import RecordsSource
 from bevdeploy.errors import ConfigError, DatasetError
 from bevdeploy.presets import Preset
 
@@ -40,35 +40,19 @@ def open_info_file(path: str | Path, preset: Preset | str, dataroot: str | Path 
                        field="infos|data_list")
 
 
-class InfoSource:
+class InfoSource(RecordsSource):
     """The frames of an info file (``infer/eval --info``), optionally only the first ``limit``
     in time order, named by their sample tokens. Opening it reads and checks every record, so
     a bad file fails before any model loads; images and points are read per frame."""
 
-    global_poses = True
-
     def __init__(self, path: str | Path, preset: Preset, *, dataroot: str | Path | None = None,
                  limit: int | None = None) -> None:
-        if limit is not None and limit < 1:
+        if limit is not None and limit < 1:  # before the file is read
             raise ConfigError(f"must be at least 1, got {limit}", field="limit")
         self.path = Path(path)
-        self.loader = open_info_file(self.path, preset, dataroot)
-        self._count = len(self.loader) if limit is None else min(limit, len(self.loader))
+        self._take(open_info_file(self.path, preset, dataroot), limit)
 
     @property
     def version(self) -> str:
         """The dataset version the file names (``""`` when it names none)."""
         return self.loader.version
-
-    @property
-    def sample_tokens(self) -> tuple[str, ...]:
-        return self.loader.sample_tokens[:self._count]
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __getitem__(self, index: int) -> Frame:
-        return self.loader[range(self._count)[index]]
-
-    def label(self, index: int) -> str:
-        return self.loader.sample_tokens[index]

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bevdeploy.data.camera_dropout import CameraDropout
 from bevdeploy.data.frame import Frame
 from bevdeploy.errors import ConfigError
 from bevdeploy.presets import Preset
+
+if TYPE_CHECKING:
+    from bevdeploy.data.nuscenes import RecordFrames  # imported by the sources that use it
 
 
 @runtime_checkable
@@ -39,28 +42,23 @@ class FrameSource(Protocol):
     def label(self, index: int) -> str: ...
 
 
-class DatasetSource:
-    """The frames of one split of a nuScenes-format dataset (``data.nuscenes.NuScenesLoader``),
-    optionally only the first ``limit``; ``dropout`` says what a camera without data does
-    (``data.camera_dropout``). Opening it reads the dataset's tables, so a wrong root or split
-    fails before any model loads."""
+class RecordsSource:
+    """The first ``limit`` frames (all by default) of a ``data.nuscenes.RecordFrames`` loader
+    (a dataset split, an info file), named by their sample tokens before they load; the
+    sources over such loaders set ``loader`` through ``_take``."""
 
     global_poses = True
+    loader: RecordFrames
 
-    def __init__(self, root: str | Path, preset: Preset, *, version: str = "v1.0-mini",
-                 split: str = "mini_val", limit: int | None = None,
-                 dropout: CameraDropout = CameraDropout()) -> None:
-        from bevdeploy.data.nuscenes import NuScenesLoader
-
+    def _take(self, loader: RecordFrames, limit: int | None) -> None:
         if limit is not None and limit < 1:
             raise ConfigError(f"must be at least 1, got {limit}", field="limit")
-        self.root = Path(root)
-        self.version = version
-        self.split = split
-        self.dropout = dropout
-        self.loader = NuScenesLoader(root, version=version, split=split, preset=preset,
-                                     dropout=dropout)
-        self._count = len(self.loader) if limit is None else min(limit, len(self.loader))
+        self.loader = loader
+        self._count = len(loader) if limit is None else min(limit, len(loader))
+
+    @property
+    def sample_tokens(self) -> tuple[str, ...]:
+        return self.loader.sample_tokens[:self._count]
 
     def __len__(self) -> int:
         return self._count
@@ -70,6 +68,27 @@ class DatasetSource:
 
     def label(self, index: int) -> str:
         return self.loader.sample_tokens[index]
+
+
+class DatasetSource(RecordsSource):
+    """The frames of one split of a nuScenes-format dataset (``data.nuscenes.NuScenesLoader``),
+    optionally only the first ``limit``; ``dropout`` says what a camera without data does
+    (``data.camera_dropout``). Opening it reads the dataset's tables, so a wrong root or split
+    fails before any model loads."""
+
+    def __init__(self, root: str | Path, preset: Preset, *, version: str = "v1.0-mini",
+                 split: str = "mini_val", limit: int | None = None,
+                 dropout: CameraDropout = CameraDropout()) -> None:
+        from bevdeploy.data.nuscenes import NuScenesLoader
+
+        if limit is not None and limit < 1:  # before the dataset's tables are read
+            raise ConfigError(f"must be at least 1, got {limit}", field="limit")
+        self.root = Path(root)
+        self.version = version
+        self.split = split
+        self.dropout = dropout
+        self._take(NuScenesLoader(root, version=version, split=split, preset=preset,
+                                  dropout=dropout), limit)
 
 
 @dataclass(frozen=True)
