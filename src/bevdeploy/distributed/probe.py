@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,8 @@ from typing import Any
 
 import onnx
 
-from bevdeploy.distributed.cluster import RayOptions, import_ray
-from bevdeploy.distributed.pool import MAX_RETRIES, WorkerLost, admit, check_resources
+from bevdeploy.distributed.cluster import RayOptions
+from bevdeploy.distributed.actors import MAX_RETRIES, ActorPool, WorkerLost
 from bevdeploy.distributed.worker import WorkerFacts, where
 from bevdeploy.errors import BevDeployError, ConfigError
 from bevdeploy.optimize.sensitivity import EvalFrames, MapProbe, eval_frames
@@ -84,7 +84,7 @@ class ProbeWorker:
         return self.probe.score(dict(zip(modules, models)))
 
 
-class RayMapProbe:
+class RayMapProbe(ActorPool):
     """``MapProbe``'s interface (``optimize.sensitivity.MapScorer``) over ``options.workers``
     Ray actors; the caller is connected (``cluster.connect``). At most 2 probes per worker are
     in flight. Use as a context manager, or ``close`` it."""
@@ -92,49 +92,24 @@ class RayMapProbe:
     def __init__(self, package: DeployPackage, frames: EvalFrames, options: RayOptions, *,
                  threads: int | None = None, max_retries: int = MAX_RETRIES,
                  expected: WorkerFacts | None = None) -> None:
-        self.ray = import_ray()
         self.frames = frames
-        self.options = options
-        self.max_retries = max_retries
         self.window = 2 * options.workers
-        self.expected = expected or WorkerFacts.of(package.root)
-        check_resources(self.ray, options)
-        self._actor_class = self.ray.remote(ProbeWorker).options(
-            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker,
-            max_restarts=0, max_task_retries=0)
-        self._args = (str(package.root.resolve()), EvalSpec.of(frames),
-                      threads or max(1, math.ceil(options.cpus_per_worker)))
+        super().__init__(options, ProbeWorker,
+                         (str(package.root.resolve()), EvalSpec.of(frames),
+                          threads or max(1, math.ceil(options.cpus_per_worker))),
+                         expected=expected or WorkerFacts.of(package.root),
+                         max_retries=max_retries)
         self.fp32_map = math.nan  # the first admitted worker's
-        self.workers: dict[int, Any] = {}  # worker id → actor handle
-        self.where: dict[int, str] = {}
-        self.pids: dict[int, int] = {}
-        self._next_id = 0
-        self._replacements_left = max_retries * options.workers
         self._payload: dict[int, tuple[tuple[str, ...], list[Any]]] = {}  # probe → models
-        self._pending: dict[int, tuple[Any, int]] = {}  # probe → (object ref, worker id)
-        self._lost: dict[int, WorkerLost] = {}
-        self._attempts: Counter[int] = Counter()
-        self.retries: list[dict[str, Any]] = []
         self.model_bytes: list[int] = []  # per probe, what went into the object store
-        try:
-            self._start([self._spawn() for _ in range(options.workers)])
-        except BaseException:
-            self.close()
-            raise
+        self._open()
 
     # ---- workers ---------------------------------------------------------------------------
-
-    def _spawn(self) -> int:
-        wid = self._next_id
-        self._next_id += 1
-        self.workers[wid] = self._actor_class.remote(*self._args)
-        return wid
 
     def _start(self, ids: list[int]) -> None:
         """Admit the workers ``ids`` (the pool's checks), then refuse any that scores other
         frames than the driver's or finds another FP32 mAP than the first worker."""
-        admit(self.ray, {w: self.workers[w] for w in ids}, self.expected, self.options,
-              self.where, self.pids)
+        super()._start(ids)
         mine = [f.token for f in self.frames.frames]
         baselines = self.ray.get([self.workers[w].baseline.remote() for w in ids])
         for wid, (fp32, tokens) in zip(ids, baselines):
@@ -149,38 +124,17 @@ class RayMapProbe:
                                   f"{fp32!r}, another worker {self.fp32_map!r}; refused",
                                   field="--ray")
 
-    def _least_loaded(self) -> int:
-        load = Counter({wid: 0 for wid in self.workers})
-        load.update(w for _, w in self._pending.values())
-        return min(load, key=lambda w: (load[w], w))
+    def _call(self, actor: Any, task: int) -> Any:
+        modules, refs = self._payload[task]
+        return actor.score.remote(modules, *refs)
 
-    def _submit(self, probe: int) -> None:
-        wid = self._least_loaded()
-        modules, refs = self._payload[probe]
-        self._pending[probe] = (self.workers[wid].score.remote(modules, *refs), wid)
+    def _retry_entry(self, task: int) -> dict[str, Any]:
+        return {"probe": task, "modules": list(self._payload[task][0])}
 
-    def _worker_died(self, wid: int, exc: Exception) -> None:
-        """Replace dead worker ``wid`` and resubmit the probes it held."""
-        if wid not in self.workers:
-            return
-        del self.workers[wid]
-        reason = type(exc).__name__
-        if self._replacements_left > 0:
-            self._replacements_left -= 1
-            self._start([self._spawn()])
-        for probe in sorted(p for p, (_, w) in self._pending.items() if w == wid):
-            del self._pending[probe]
-            self._attempts[probe] += 1
-            modules = list(self._payload[probe][0])
-            self.retries.append({"probe": probe, "modules": modules, "worker": wid,
-                                 "where": self.where.get(wid, "?"), "error": reason,
-                                 "attempt": self._attempts[probe]})
-            if self._attempts[probe] > self.max_retries or not self.workers:
-                self._lost[probe] = WorkerLost(
-                    f"probe {probe} ({', '.join(modules)} swapped): the worker(s) scoring it "
-                    f"died {self._attempts[probe]} time(s) ({reason})", field="--ray")
-            else:
-                self._submit(probe)
+    def _lost_error(self, task: int, attempts: int, reason: str) -> WorkerLost:
+        return WorkerLost(f"probe {task} ({', '.join(self._payload[task][0])} swapped): the "
+                          f"worker(s) scoring it died {attempts} time(s) ({reason})",
+                          field="--ray")
 
     # ---- the scorer (optimize.sensitivity.MapScorer) ---------------------------------------
 
@@ -213,19 +167,12 @@ class RayMapProbe:
         return probe
 
     def _result(self, probe: int) -> float:
-        ray = self.ray
-        while probe not in self._lost:
-            ref, wid = self._pending[probe]
-            try:
-                value: float = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                self._worker_died(wid, exc)
-                continue
-            except ray.exceptions.RayTaskError as exc:  # the worker's own error, as itself
-                raise exc.cause if isinstance(exc.cause, BevDeployError) else exc
-            del self._pending[probe], self._payload[probe]  # frees the models in the store
-            return value
-        raise self._lost.pop(probe)
+        try:
+            value: float = self._wait(probe)
+        except self.ray.exceptions.RayTaskError as exc:  # the worker's own error, as itself
+            raise exc.cause if isinstance(exc.cause, BevDeployError) else exc
+        del self._payload[probe]  # frees the models in the store
+        return value
 
     def describe(self) -> dict[str, Any]:
         """The frames scored (``EvalFrames.describe``) and the cluster's record: workers,
@@ -242,15 +189,6 @@ class RayMapProbe:
     # ---- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Kill every worker; probes they still held are cancelled."""
-        for actor in self.workers.values():
-            self.ray.kill(actor, no_restart=True)
-        self.workers.clear()
-        self._pending.clear()
+        """Kill every worker; probes they still held are cancelled, their models freed."""
+        super().close()
         self._payload.clear()
-
-    def __enter__(self) -> "RayMapProbe":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
