@@ -41,7 +41,7 @@ from pyquaternion import Quaternion
 
 from bevdeploy.data.boxes import from_mmdet3d_v1
 from bevdeploy.data.infos import _Fields
-from bevdeploy.data.nuscenes import (LIDAR_CHANNEL, Annotations, Pose, RecordFrames,
+from bevdeploy.data.nuscenes import (LIDAR_CHANNEL, Annotations, ListedFrames, Pose,
                                      SampleRecord, SensorRecord)
 from bevdeploy.data.readers import NUSCENES_COLUMNS, SweepPolicy
 from bevdeploy.errors import DatasetError
@@ -193,7 +193,7 @@ def record_from_data_info(info: Any, *, source: Path, where: str, dataroot: Path
         source=f"{source} {where}")
 
 
-class DataListLoader(RecordFrames):
+class DataListLoader(ListedFrames):
     """Frames from an mmdetection3d ≥ 1.1 info file, with the sweep rules of
     ``NuScenesLoader``, in time order (as ``data.infos.InfoLoader``).
 
@@ -219,12 +219,4 @@ class DataListLoader(RecordFrames):
         records = [record_from_data_info(item, source=self.path, where=f"data_list[{i}]",
                                          dataroot=self.dataroot, labels=labels)
                    for i, item in enumerate(items)]
-        self._records = sorted(records, key=lambda r: r.timestamp)
-        self._tokens = tuple(r.token for r in self._records)
-
-    @property
-    def sample_tokens(self) -> tuple[str, ...]:
-        return self._tokens
-
-    def record(self, index: int) -> SampleRecord:
-        return self._records[index]
+        self._keep(records)

@@ -37,7 +37,8 @@ import numpy as np
 from numpy.core import multiarray, numeric
 
 from bevdeploy.data.boxes import from_mmdet3d_legacy, to_mmdet3d_legacy
-from bevdeploy.data.nuscenes import (Annotations, Pose, RecordFrames, SampleRecord, SensorRecord)
+from bevdeploy.data.nuscenes import (Annotations, ListedFrames, Pose, RecordFrames, SampleRecord,
+                                     SensorRecord)
 from bevdeploy.data.readers import SweepPolicy
 from bevdeploy.io import atomic_write
 from bevdeploy.data.expansion import check_expansion, expansion_budget
@@ -232,7 +233,7 @@ def _annotations(f: _Fields) -> Annotations:
         tokens=tokens)
 
 
-class InfoLoader(RecordFrames):
+class InfoLoader(ListedFrames):
     """Frames from an info ``.pkl``, with the same sweep rules as ``NuScenesLoader``.
 
     Paths in info files are as the converter wrote them (often relative to the directory it ran
@@ -255,15 +256,7 @@ class InfoLoader(RecordFrames):
         records = [record_from_info(info, source=self.path, where=f"infos[{i}]",
                                     resolve=self._resolve)
                    for i, info in enumerate(data["infos"])]
-        self._records = sorted(records, key=lambda r: r.timestamp)
-        self._tokens = tuple(r.token for r in self._records)
-
-    @property
-    def sample_tokens(self) -> tuple[str, ...]:
-        return self._tokens
-
-    def record(self, index: int) -> SampleRecord:
-        return self._records[index]
+        self._keep(records)
 
     def _resolve(self, stored: str) -> Path:
         p = Path(stored)

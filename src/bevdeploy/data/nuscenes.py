@@ -18,7 +18,7 @@ import functools
 import json
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,22 @@ class RecordFrames(ABC, Sequence[Frame]):
         frame = Frame(images=images, points=points, calib=calib, token=rec.token,
                       timestamp=rec.timestamp, gt=gt, source=rec.source, dropped=dropped)
         return frame.validate(self.preset.points.num_features)
+
+
+class ListedFrames(RecordFrames):
+    """``RecordFrames`` over records read up front (an info file of either format), kept in
+    time order as mmdet3d's datasets are; a subclass hands them over once with ``_keep``."""
+
+    def _keep(self, records: Iterable[SampleRecord]) -> None:
+        self._records = sorted(records, key=lambda r: r.timestamp)
+        self._tokens = tuple(r.token for r in self._records)
+
+    @property
+    def sample_tokens(self) -> tuple[str, ...]:
+        return self._tokens
+
+    def record(self, index: int) -> SampleRecord:
+        return self._records[index]
 
 
 class NuScenesLoader(RecordFrames):
