@@ -128,6 +128,24 @@ def replace_dir(staging: str | Path, out: str | Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+@contextmanager
+def staged_dir(out: str | Path, *, cannot: str) -> Iterator[Path]:
+    """A staging directory for ``out`` (``staging_dir``), moved into place (``replace_dir``)
+    when the block ends and removed when it raises, so no half-written directory is left. An
+    ``OSError`` in the block (a full disk, a vanished staging directory) becomes one
+    ``OutputError`` ``"<cannot>: <reason>"`` naming ``out``."""
+    staging = staging_dir(out)
+    try:
+        yield staging
+        replace_dir(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{cannot}: {os_reason(exc)}", path=out, field="output") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 # ---------------------------------------------------------------------------- output directories
 
 

@@ -23,8 +23,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from bevdeploy.errors import OutputError, PackageError, os_reason
-from bevdeploy.io import replace_dir, staging_dir
+from bevdeploy.errors import PackageError
+from bevdeploy.io import staged_dir
 from bevdeploy.package import load_package, sha256_file
 from bevdeploy.presets import Preset
 
@@ -54,15 +54,6 @@ def shipped_package(preset: Preset) -> Path | None:
 def install_shipped(source: Path, out: Path) -> Path:
     """Copy the shipped package ``source`` to ``out`` atomically (staging directory, then
     rename); returns ``out``."""
-    staging = staging_dir(out)
-    try:
+    with staged_dir(out, cannot="cannot copy the shipped package") as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        replace_dir(staging, out)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot copy the shipped package: {os_reason(exc)}", path=out,
-                          field="output") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -8,7 +8,6 @@ never leaves a half-written package behind and never damages a previous one at `
 from __future__ import annotations
 
 import importlib.metadata as md
-import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 import onnx
 import torch
 
-from bevdeploy.io import replace_dir, staging_dir
+from bevdeploy.io import staged_dir
 from bevdeploy import __version__
-from bevdeploy.errors import OutputError, PackageError, os_reason
+from bevdeploy.errors import PackageError
 from bevdeploy.export.camera import camera_backbone_graph, camera_vtransform_graph
 from bevdeploy.export.fuser import fuser_graph
 from bevdeploy.export.head import head_graph
@@ -68,8 +67,7 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
     if checkpoint is not None:
         checkpoint_info = {"file": Path(checkpoint).name, "sha256": sha256_file(checkpoint)}
 
-    staging = staging_dir(out)
-    try:
+    with staged_dir(out, cannot="cannot write the package") as staging:
         modules: dict[str, ModuleEntry] = {}
         for graph in dense_graphs(model, preset):
             path = staging / MODULE_FILES[graph.name]
@@ -90,14 +88,6 @@ def export_package(preset: Preset, checkpoint: Path | None, out: Path, *,
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         check_replaceable(out)  # again: it may have changed while we exported
-        replace_dir(staging, out)
-    except OSError as exc:  # a full disk or a vanished staging directory while writing
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write the package: {os_reason(exc)}", path=out,
-                          field="output") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

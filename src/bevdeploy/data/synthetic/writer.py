@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bevdeploy.io import replace_dir, staging_dir
+from bevdeploy.io import staged_dir
 from bevdeploy import __version__
 from bevdeploy.data.boxes import points_in_boxes
 from bevdeploy.data.synthetic.camera import render
@@ -41,7 +40,7 @@ from bevdeploy.data.synthetic.rig import CAMERAS, LIDAR, CameraSpec, quaternion_
 from bevdeploy.data.synthetic.world import (
     DRIVABLE_HALF_WIDTH, GROUND_REFLECTIVITY, MAP_MARGIN, MAX_SCENES, NEIGHBOURHOOD_HALF_WIDTH,
     PRIORS, SAMPLE_INTERVAL_US, SWEEP_INTERVAL_US, SWEEPS_PER_SAMPLE, SceneSim, build_world)
-from bevdeploy.errors import ConfigError, DatasetError, OutputError, os_reason
+from bevdeploy.errors import ConfigError, DatasetError
 
 VERSION = "v1.0-mini"
 MARKER = "bevdeploy_synth.json"  # written at the root; only such directories are overwritten
@@ -90,8 +89,7 @@ def write_world(out: str | Path, scenes: int = 2, samples: int = 10, seed: int =
     cameras = _check_cameras(out, cameras)
     world = build_world(seed, scenes, samples)
     _check_target(out, overwrite)
-    staging = staging_dir(out)
-    try:
+    with staged_dir(out, cannot="cannot write the dataset") as staging:
         _write(staging, world, seed, density, cameras)
         marker: dict[str, object] = {
             "generator": "bevdeploy.data.synthetic", "bevdeploy": __version__, "version": VERSION,
@@ -99,14 +97,6 @@ def write_world(out: str | Path, scenes: int = 2, samples: int = 10, seed: int =
         if cameras != CAMERAS:  # the default world's marker stays as it always was
             marker["cameras"] = cameras_to_json(cameras)
         (staging / MARKER).write_text(json.dumps(marker, indent=1))
-        replace_dir(staging, out)
-    except OSError as exc:  # a full disk while writing
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write the dataset: {os_reason(exc)}", path=out,
-                          field="output") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
