@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from bevdeploy.cli import app
 from bevdeploy.errors import INTERRUPTED_EXIT, OutputError
 from bevdeploy.export import writer
-from bevdeploy.io import atomic_file, atomic_write, output_dir
+from bevdeploy.io import atomic_file, atomic_write, output_dir, staged_dir
 from bevdeploy.package import load_package
 
 
@@ -65,6 +65,28 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
     assert "No space left on device" in str(err.value)
     assert path.read_bytes() == b'{"v": 1}'
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_a_staged_directory_appears_whole_or_leaves_the_previous_one(tmp_path):
+    """``io.staged_dir`` (export, synth, the shipped-package copy): a full disk midway is one
+    ``OutputError`` and any other error propagates; either way the previous directory stays
+    byte-identical and no staging directory is left. A block that ends replaces it whole."""
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "old.onnx").write_bytes(b"previous")
+    with pytest.raises(OutputError, match="cannot write the thing: .*No space left") as err:
+        with staged_dir(out, cannot="cannot write the thing") as staging:
+            (staging / "half.onnx").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.path == str(out) and err.value.field == "output"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_dir(out, cannot="cannot write the thing") as staging:
+            (staging / "half.onnx").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert _tree(tmp_path) == {"pkg/old.onnx": b"previous"}
+    with staged_dir(out, cannot="cannot write the thing") as staging:
+        (staging / "new.onnx").write_bytes(b"new")
+    assert _tree(tmp_path) == {"pkg/new.onnx": b"new"}
 
 
 def test_an_output_path_that_cannot_be_written_names_the_blocker(tmp_path):
