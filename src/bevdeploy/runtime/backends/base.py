@@ -27,6 +27,8 @@ from bevdeploy.errors import InputError
 from bevdeploy.package import ModuleEntry, TensorSpec
 
 OptimizationLevel = Literal["disable", "basic", "extended", "all"]
+InferencePrecision = Literal["fp32", "bf16"]
+INFERENCE_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,16 @@ class RunnerOptions:
     sleeping: it saves microseconds per job when one session owns the CPU, and costs whole
     milliseconds when a pipeline's several sessions and kernels share a few cores (each
     session's spinning workers steal the cores the next stage runs on), so it is off unless
-    asked for.
+    asked for. ``inference_precision`` is what a CPU backend computes the package's float
+    parts in: ``fp32`` (the package as it is: an INT8 package's quantized layers stay INT8),
+    or ``bf16`` where the backend and the CPU have native BF16 (OpenVINO on AVX-512 BF16 or
+    AMX; other backends refuse it). The GPU backends' precision is ``GpuOptions.precision``.
     """
 
     threads: int | None = None
     optimization: OptimizationLevel = "all"
     spinning: bool = False
+    inference_precision: InferencePrecision = "fp32"
 
 
 class Runner(Protocol):
