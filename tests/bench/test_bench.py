@@ -30,7 +30,7 @@ def bench_run(trained_tiny_package, synthetic_world, tmp_path_factory):
     result = CliRunner().invoke(app, [
         "bench", "--package", str(trained_tiny_package), "--frames", "2", "--warmup", "1",
         "--threads", "2", "--data", str(synthetic_world), "--json", str(out),
-        "--chart", str(out.parent.parent / "chart" / "latency.png")],
+        "--peak-seconds", "0", "--chart", str(out.parent.parent / "chart" / "latency.png")],
         catch_exceptions=False, terminal_width=200)
     return result, out
 
@@ -50,6 +50,38 @@ def test_bench_prints_the_table_and_writes_json(bench_run):
     assert f"({cpu['microarchitecture']}:" in result.output
     assert set(data["total_includes"]) == {"deploy", "reference"}
     assert [v["reference"] for v in data["variants"]] == [True, False]
+    for text in ("roofline", "floor", "peak rates measured", "BLAS: openblas"):
+        assert text in result.output
+
+
+def test_bench_measures_the_peaks_and_floors_the_deployed_variant(bench_run):
+    data = json.loads(bench_run[1].read_text())
+    peaks = data["machine"]["peaks"]
+    for key in ("numpy fp32", "scipy fp32", "onnxruntime fp32", "onnxruntime int8"):
+        assert peaks["peak_gflops"][key] > 0
+    assert data["machine"]["gemm_gflops"] == peaks["peak_gflops"]["numpy fp32"]
+    assert any(lib["internal_api"] == "openblas" for lib in data["machine"]["blas"])
+    assert data["scn_macs"]["tiny"] > 0
+    reference, deployed = data["variants"]
+    assert reference["engine"] == "torch" and "reason" in reference["floor"]
+    floor = deployed["floor"]
+    assert deployed["engine"] == "onnxruntime"
+    assert deployed["module_precisions"] == dict.fromkeys(DENSE_MODULES, "fp32")
+    terms = {t["part"]: t for t in floor["terms"]}
+    macs = data["dense_macs"]["tiny"]
+    for module in DENSE_MODULES:
+        assert terms[module]["floor_ms"] == pytest.approx(
+            2e3 * macs[module] / (peaks["peak_gflops"]["onnxruntime fp32"] * 1e9), rel=REL)
+        assert terms[module]["measured_ms"] == deployed["stages"][module]["median_ms"]
+    assert terms["scn"]["floor_ms"] == pytest.approx(
+        2e3 * data["scn_macs"]["tiny"] / (peaks["peak_gflops"]["scipy fp32"] * 1e9), rel=REL)
+    kernels = [s for s in deployed["stages"] if s not in {*DENSE_MODULES, "scn"}]
+    assert terms["kernels"]["floor_ms"] == pytest.approx(
+        sum(deployed["stages"][s]["median_ms"] for s in kernels), rel=REL)
+    assert floor["floor_ms"] == pytest.approx(sum(t["floor_ms"] for t in terms.values()),
+                                              rel=REL)
+    assert floor["ratio"] == pytest.approx(deployed["total"]["median_ms"] / floor["floor_ms"],
+                                           rel=REL)
 
 
 def test_bench_draws_the_stacked_latency_chart(bench_run):
@@ -305,3 +337,56 @@ def test_bench_times_the_reference_on_the_gpu(trained_tiny_package, synthetic_wo
     reference, deployed = json.loads(out.read_text())["variants"]
     assert reference["schedule"] == "eager-cuda" and " on " in reference["weights"]
     assert deployed["speedup_vs_reference"] is not None
+
+
+# ------------------------------------------------------------------ CPU backends: openvino, auto
+
+
+def test_plan_runs_openvino_at_each_inference_precision_and_resolves_auto(trained_tiny_package):
+    pytest.importorskip("openvino")
+    from bevdeploy.package import load_package
+    from bevdeploy.runtime.backends.auto import choose_for_package
+    from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason
+
+    plan = dict(schedules=["sequential"], threads=2, reference=False, checkpoint=None,
+                precision=None)
+    variants = plan_variants([trained_tiny_package], backends=["onnxruntime", "openvino", "auto"],
+                             inference_precisions=["fp32"], **plan)
+    choice = choose_for_package(load_package(trained_tiny_package))
+    assert [(v.label, v.backend, v.inference_precision, v.choice) for v in variants] == [
+        ("tiny · onnxruntime · sequential", "onnxruntime", "fp32", None),
+        ("tiny · openvino · sequential", "openvino", "fp32", None),
+        (f"tiny · auto→{choice.backend} · sequential", choice.backend, "fp32", choice.reason)]
+    if bf16_unavailable_reason() is not None:
+        with pytest.raises(ConfigError) as err:
+            plan_variants([trained_tiny_package], backends=["openvino"],
+                          inference_precisions=["bf16"], **plan)
+        assert err.value.field == "--inference-precision"
+    else:  # onnxruntime runs once, openvino at both precisions
+        variants = plan_variants([trained_tiny_package], backends=["onnxruntime", "openvino"],
+                                 inference_precisions=["fp32", "bf16"], **plan)
+        assert [(v.backend, v.inference_precision) for v in variants] == [
+            ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+        assert variants[2].label == "tiny · openvino bf16 · sequential"
+    for changes, says in ((dict(backends=["onnxruntime"], inference_precisions=["bf16"]),
+                           "computes at fp32 only"),
+                          (dict(backends=["openvino"], inference_precisions=["fp8"]),
+                           "unknown inference precision 'fp8'")):
+        with pytest.raises(ConfigError, match=says) as err:
+            plan_variants([trained_tiny_package], **plan, **changes)
+        assert err.value.field == "--inference-precision"
+
+
+def test_the_precision_a_module_computes_in_follows_the_inference_precision(
+        trained_tiny_package):
+    from bevdeploy.bench.runner import _computed_precisions, _variant_precision
+    from bevdeploy.package import load_package
+
+    pkg = load_package(trained_tiny_package)
+    bf16 = Variant("tiny · openvino bf16 · sequential", "tiny", str(trained_tiny_package),
+                   "openvino", "sequential", 2, inference_precision="bf16")
+    assert _computed_precisions(bf16, pkg) == dict.fromkeys(DENSE_MODULES, "bf16")
+    assert _variant_precision(bf16, pkg) == "fp32, bf16 inference"
+    reference = Variant("tiny · torch · eager", "tiny", str(trained_tiny_package), "torch",
+                        "eager", 2)
+    assert _computed_precisions(reference, pkg) == dict.fromkeys(DENSE_MODULES, "fp32")

@@ -31,7 +31,8 @@ class Stat:
 
 # Instruction sets that decide what INT8 and FP16/BF16 can gain on a CPU: without a VNNI
 # extension ONNX Runtime's u8s8 convolutions use AVX2's vpmaddubsw, about 2× the FP32 rate at best.
-ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512vnni", "avxvnni", "avx512bf16", "amx-int8")
+ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512vnni", "avxvnni", "avx512bf16", "amx-int8",
+                "amx-bf16")
 
 
 def cpu_identity() -> dict[str, Any]:

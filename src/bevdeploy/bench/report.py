@@ -19,7 +19,10 @@ from rich.text import Text
 
 from bevdeploy import __version__
 from bevdeploy.bench.frames import FrameSource
+from bevdeploy.bench.machine import describe_blas, override_warnings
 from bevdeploy.bench.measure import Stat, cpu_identity
+from bevdeploy.bench.peaks import Peaks
+from bevdeploy.bench.roofline import ROOFLINE_NOTE, Floor, variant_floor
 from bevdeploy.bench.variants import Variant
 from bevdeploy.io import atomic_write
 from bevdeploy.tables import compact_table
@@ -66,6 +69,10 @@ class VariantResult:
     peak_rss_mb: float
     baseline_rss_mb: float | None  # resident set before the variant was loaded
     geometry_computed: int | None  # timed frames whose geometry plan was computed (deploy)
+    engine: str | None = None  # what ran the dense modules ("onnxruntime", "openvino", "torch")
+    # dense module → the precision it computed in (fp32, int8, bf16: a float module at
+    # OpenVINO's BF16 inference precision computes in bf16); the roofline's peaks follow it
+    module_precisions: dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> Stat:
@@ -96,6 +103,10 @@ class BenchReport:
     threads: int
     gemm_gflops: float  # measured float32 GEMM rate, FLOPs (2 per MAC)
     dense_macs: dict[str, dict[str, int]] = field(default_factory=dict)  # preset → module → MACs
+    scn_macs: dict[str, int] = field(default_factory=dict)  # preset → SCN MACs, median frame
+    peaks: Peaks | None = None  # bench.peaks: per engine and precision; None: not measured
+    blas: list[dict[str, Any]] = field(default_factory=list)  # bench.machine.blas_libraries
+    isa_overrides: dict[str, str] = field(default_factory=dict)  # bench.machine.isa_overrides
     notes: list[str] = field(default_factory=list)
     # bench.peak_checks: why the GFLOP/s shares of this run cannot be read as efficiency
     warnings: list[str] = field(default_factory=list)
@@ -132,6 +143,29 @@ class BenchReport:
         return {m: 2 * macs[m] / (stages[m].median_ms * 1e-3) / 1e9 for m in DENSE_MODULES
                 if m in macs and m in stages and stages[m].median_ms > 0}
 
+    def peak_of(self, result: VariantResult, module: str) -> float:
+        """The peak ``module``'s rate in ``result`` is measured against: its engine's at the
+        precision it computes in (``bench.peaks``), else the float32 GEMM rate (the PyTorch
+        reference, a GPU backend, or a run without per-engine peaks)."""
+        if self.peaks is not None and result.engine is not None:
+            peak = self.peaks.peak(result.engine, result.module_precisions.get(module, "fp32"))
+            if peak is not None:
+                return peak
+        return self.gemm_gflops
+
+    def floor(self, result: VariantResult) -> Floor | str:
+        """``result``'s floor (``bench.roofline``), or why it has none."""
+        if self.peaks is None:
+            return "the peaks were not measured"
+        if result.engine is None or not self.peaks.keys() or \
+                result.engine not in {engine for engine, _ in self.peaks.keys()}:
+            return f"no peak of {result.engine or 'its engine'} was measured"
+        preset = _preset_name(result)
+        return variant_floor({k: v.median_ms for k, v in result.stages.items()},
+                             result.total.median_ms, result.engine, result.module_precisions,
+                             self.dense_macs.get(preset, {}), self.scn_macs.get(preset),
+                             self.peaks)
+
     def to_dict(self) -> dict[str, Any]:
         variants = []
         for r in self.results:
@@ -147,20 +181,25 @@ class BenchReport:
                 else r.geometry_computed,
                 "speedup_vs_reference": None if r.variant.is_reference else self.speedups(r),
                 "dense_gflops": self.gflops(r),
+                "engine": r.engine, "module_precisions": r.module_precisions,
+                "floor": _floor_dict(self.floor(r)),
                 "samples_ms": r.samples,
             })
         return {
             "bevdeploy": __version__, "created_utc": self.created_utc,
             "machine": {"cpu_count": os.cpu_count(), "threads": self.threads,
                         "gemm_gflops": self.gemm_gflops, "platform": sys.platform,
-                        "cpu": cpu_identity()},
+                        "cpu": cpu_identity(), "blas": self.blas,
+                        "isa_overrides": self.isa_overrides,
+                        "peaks": None if self.peaks is None else self.peaks.to_dict()},
             "frames": {"source": self.source.describe(), "timed": self.frames,
                        "warmup": self.warmup},
             "total_includes": TOTAL_INCLUDES,
             "peak_memory": ("VmHWM of the variant's own process; variant_rss_mb is it "
                             "minus the resident set after the frames were loaded and before "
                             "the variant's libraries and model"),
-            "dense_macs": self.dense_macs, "notes": self.notes, "variants": variants,
+            "dense_macs": self.dense_macs, "scn_macs": self.scn_macs,
+            "floor": ROOFLINE_NOTE, "notes": self.notes, "variants": variants,
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -199,6 +238,7 @@ class BenchReport:
         table.add_section()
         table.add_row("total", *[_cell(r.total, s["latency"] if s else None)
                                  for r, s in zip(rs, speedups)])
+        table.add_row("floor (total / floor)", *self._floor_cells())
         table.add_row("frames/s", *[f"{r.frames_per_s:.2f}" + (
             f" ({s['throughput']:.2f}×)" if s else "") for r, s in zip(rs, speedups)])
         table.add_row("peak RSS MB (+variant)", *[
@@ -230,6 +270,7 @@ class BenchReport:
         table.add_section()
         table.add_row("total", *[_narrow_cell(r.total, s["latency"] if s else None)
                                  for r, s in zip(rs, speedups)])
+        table.add_row("floor", *self._floor_cells())
         table.add_row("frames/s", *[f"{r.frames_per_s:.2f}" for r in rs])
         table.add_row("peak RSS MB", *[f"{r.peak_rss_mb:.0f}" for r in rs])
         shares = compact_table("")
@@ -243,20 +284,96 @@ class BenchReport:
             for module in DENSE_MODULES:
                 shares.add_row(f"{preset} {module}" if len(self.dense_macs) > 1 else module, *[
                     "" if rates.get(id(r), {}).get(module) is None
-                    else f"{rates[id(r)][module]:.0f} ({rates[id(r)][module] / self.gemm_gflops:.0%})"
+                    else f"{rates[id(r)][module]:.0f} "
+                         f"({rates[id(r)][module] / self.peak_of(r, module):.0%})"
                     for r in rs])
-        return [Group(Text.from_markup(str(wide.title)), table, Text.from_markup(caption)),
-                Group(Text.from_markup(str(dense.title)), shares,
-                      Text.from_markup(str(dense.caption)))]
+        tables: list[RenderableType] = [
+            Group(Text.from_markup(str(wide.title)), table, Text.from_markup(caption)),
+            Group(Text.from_markup(str(dense.title)), shares,
+                  Text.from_markup(str(dense.caption)))]
+        roofline = self.roofline_table()
+        if roofline is not None:
+            tables.append(roofline)
+        if self.peaks is not None:
+            tables.append(self.peaks_table())
+        return tables
+
+    def _floor_cells(self) -> list[str]:
+        """Each variant's floor and its median total over it, or "—" without one."""
+        cells = []
+        for r in self.results:
+            floor = self.floor(r)
+            cells.append("—" if isinstance(floor, str)
+                         else f"{_ms(floor.total_ms)} ({floor.ratio:.2f}×)")
+        return cells
+
+    def roofline_table(self) -> RenderableType | None:
+        """Per part (each dense module, the SCN, the kernels), each variant's floor and its
+        measured median over it; ``None`` when no variant has a floor."""
+        floors = {id(r): self.floor(r) for r in self.results}
+        rs = [r for r in self.results if isinstance(floors[id(r)], Floor)]
+        if not rs:
+            return None
+        table = compact_table("")
+        table.add_column("part", no_wrap=True)
+        for r in rs:
+            table.add_column(_header(r), justify="right")
+        parts = list(dict.fromkeys(t.part for r in rs for t in floors[id(r)].terms))
+        for part in parts:
+            cells = []
+            for r in rs:
+                term = next((t for t in floors[id(r)].terms if t.part == part), None)
+                cells.append("—" if term is None else
+                             f"{_ms(term.floor_ms)} ({term.ratio:.1f}×)" if term.macs is not None
+                             else f"{_ms(term.floor_ms)} (kept)")
+            table.add_row(part, *cells)
+        table.add_section()
+        table.add_row("floor", *[f"{_ms(floors[id(r)].total_ms)} ({floors[id(r)].ratio:.2f}×)"
+                                 for r in rs])
+        title = ("roofline: floor ms per part (measured median / floor) at this machine's "
+                 "peaks")
+        return Group(Text(title), table, Text(ROOFLINE_NOTE))
+
+    def peaks_table(self) -> RenderableType:
+        """The measured peaks (engine, precision, problem, median call, rate), then the CPU's
+        instruction sets, the BLAS libraries with their kernels, what was skipped and why, and
+        the ISA overrides found in the environment."""
+        assert self.peaks is not None
+        cpu = cpu_identity()
+        table = compact_table("")
+        for name in ("engine", "prec", "problem", "ms", "GFLOP/s"):
+            table.add_column(name, justify="right" if name in ("ms", "GFLOP/s") else "left",
+                             no_wrap=True)
+        for rate in self.peaks.rates:
+            table.add_row(rate.engine, rate.precision, rate.kernel, _ms(rate.median_ms),
+                          f"{rate.gflops:.0f}")
+        lines = [f"CPU: {cpu['model'] or 'unknown'} ({cpu['microarchitecture']}), ISA: "
+                 f"{' '.join(cpu['isa']) or 'no AVX2'}; {self.threads} threads",
+                 *[f"BLAS: {describe_blas(b)}" for b in self.blas],
+                 *[f"skipped {what}: {why}" for what, why in self.peaks.skipped.items()],
+                 *[f"WARNING {w}" for w in override_warnings(self.isa_overrides)],
+                 "GFLOP/s: 2 operations per MAC over the median call (INT8: 8-bit "
+                 "operations); a peak is its engine's better problem at that precision."]
+        return Group(Text("peak rates measured with each engine's own kernels"), table,
+                     *[Text(line, overflow="fold") for line in lines])
+
+    def wide_tables(self) -> list[RenderableType]:
+        """``--wide``: the stage table, the dense-module table, the roofline and the peaks."""
+        roofline = self.roofline_table()
+        return [self.table(), self.dense_table(), *([] if roofline is None else [roofline]),
+                *([] if self.peaks is None else [self.peaks_table()])]
 
     def dense_table(self) -> Table:
-        """Each dense module's MACs and achieved GFLOP/s per variant, with the share of this
-        machine's measured float32 GEMM rate."""
+        """Each dense module's MACs and achieved GFLOP/s per variant, with the share of the
+        peak it is measured against (``peak_of``)."""
+        share = ("(%) = share of the peak of its engine at the precision it computes in "
+                 "(bench.peaks)" if self.peaks is not None else
+                 "(%) = share of the float32 GEMM peak; an INT8 module does the same MACs as "
+                 "8-bit products, so its share can pass 100 %")
         table = Table(title=f"dense modules: achieved GFLOP/s (float32 GEMM peak measured "
                             f"{self.gemm_gflops:.0f} GFLOP/s on {self.threads} threads)",
-                      caption="GFLOP/s = 2 × the module's MACs / its median time. An INT8 "
-                              "module does the same MACs as 8-bit products, so its share of "
-                              "the float32 peak can pass 100 %.", caption_justify="left")
+                      caption=f"GFLOP/s = 2 × the module's MACs / its median time. {share}.",
+                      caption_justify="left")
         table.add_column("module", no_wrap=True)
         table.add_column("GMAC", justify="right")
         for r in self.results:
@@ -273,9 +390,13 @@ class BenchReport:
                 for r in self.results:
                     rate = rates.get(id(r), {}).get(module)
                     cells.append("" if rate is None else
-                                 f"{rate:.0f} ({rate / self.gemm_gflops:.0%})")
+                                 f"{rate:.0f} ({rate / self.peak_of(r, module):.0%})")
                 table.add_row(f"{preset} {module}", f"{macs[module] / 1e9:.2f}", *cells)
         return table
+
+
+def _floor_dict(floor: Floor | str) -> dict[str, Any]:
+    return {"reason": floor} if isinstance(floor, str) else floor.to_dict()
 
 
 def _narrow_cell(stat: Stat, ratio: float | None) -> str:

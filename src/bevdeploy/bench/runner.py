@@ -19,6 +19,7 @@ from bevdeploy.bench.report import BenchReport, VariantResult
 from bevdeploy.bench.variants import (REFERENCE_CUDA_SCHEDULE, Variant, check_devices,
                                       package_precision)
 from bevdeploy.errors import BevDeployError, ConfigError
+from bevdeploy.vocabulary import DENSE_MODULES
 
 # The reference model's modules each ONNX graph holds (export/camera.py, export/fuser.py,
 # export/head.py); their MACs are the graph's.
@@ -144,12 +145,15 @@ def _reference_stream(variant: Variant, pkg: Any) -> tuple[Stream, str, Counter]
 
 
 def _deploy_stream(variant: Variant, pkg: Any) -> tuple[Stream, str, Counter]:
+    from bevdeploy.runtime.backends.base import RunnerOptions
     from bevdeploy.runtime.backends.gpu import GpuConfig
     from bevdeploy.runtime.pipeline import Pipeline
 
     if variant.gpu_config is None:
         pipeline = Pipeline(pkg, backend=variant.backend, threads=variant.threads,
-                            schedule=variant.schedule)
+                            schedule=variant.schedule, runner_options=RunnerOptions(
+                                threads=variant.threads,
+                                inference_precision=variant.inference_precision))
     else:
         config = GpuConfig.parse(variant.gpu_config)
         pipeline = Pipeline(pkg, backend=variant.backend, threads=variant.threads,
@@ -188,7 +192,21 @@ def measure_variant(variant: Variant, source: FrameSource, frames: int,
                          distinct_frames=distinct, peak_rss_mb=peak_rss_mb(),
                          baseline_rss_mb=baseline,
                          geometry_computed=None if plans_after is None or plans_before is None
-                         else plans_after - plans_before)
+                         else plans_after - plans_before,
+                         engine=variant.backend,
+                         module_precisions=_computed_precisions(variant, pkg))
+
+
+def _computed_precisions(variant: Variant, pkg: Any) -> dict[str, str]:
+    """What each dense module computes in: the package's precision, except that a float
+    module compiled at a BF16 inference precision computes in bf16 (an INT8 module stays int8:
+    its convolutions are its MACs)."""
+    if variant.is_reference:
+        return dict.fromkeys(DENSE_MODULES, "fp32")
+    stored = {m: pkg.module(m).precision for m in DENSE_MODULES}
+    if variant.inference_precision == "fp32":
+        return stored
+    return {m: p if p == "int8" else variant.inference_precision for m, p in stored.items()}
 
 
 def _variant_precision(variant: Variant, pkg: Any) -> str:
@@ -197,6 +215,8 @@ def _variant_precision(variant: Variant, pkg: Any) -> str:
     if variant.is_reference:
         return "fp32"
     stored = package_precision(pkg)
+    if variant.inference_precision != "fp32":
+        return f"{stored}, {variant.inference_precision} inference"
     if variant.backend == "torch-cuda" and variant.gpu_config is not None:
         from bevdeploy.runtime.backends.gpu import GpuConfig
 
@@ -253,36 +273,55 @@ def dense_macs(preset: Any, frame: Any) -> dict[str, int]:
     return count_dense_macs(model, collate([frame], preset), DENSE_MODULE_PARTS)
 
 
-# GEMM timings per size in each of the two peak measurements (before and after the variants).
-# Single measurements of the same product vary widely on a shared machine
-# (docs/bench/notes.md#gemm-peak); the peak is the best of all of them.
-GEMM_REPEATS = 10
+def scn_macs(pkg: Any, frames: Sequence[Any]) -> int:
+    """The median over ``frames`` of the SCN's convolution MACs (``ScnExecutor.conv_macs``,
+    summed over its layers) on each frame's voxels: the sparse work the roofline floors."""
+    import statistics
+
+    from bevdeploy.runtime.scn import ScnExecutor
+    from bevdeploy.runtime.stages.voxelize import VoxelizeParams, VoxelizeStage
+    from bevdeploy.scn_format import read_scn
+    from bevdeploy.vocabulary import SCN_MODULE
+
+    voxelize = VoxelizeStage(VoxelizeParams.from_package(pkg))
+    executor = ScnExecutor(read_scn(pkg.path(SCN_MODULE)))
+    per_frame = {}
+    for frame in frames:
+        if id(frame) not in per_frame:  # load_frames cycles the same objects
+            voxels = voxelize.run(voxelize.select(frame.points))
+            per_frame[id(frame)] = sum(executor.conv_macs(voxels.coords).values())
+    return int(statistics.median(per_frame[id(f)] for f in frames))
 
 
 def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, warmup: int,
-              threads: int, macs: bool = True,
+              threads: int, macs: bool = True, peak_seconds: float = 1.0,
               progress: Callable[[str], None] = lambda message: None) -> BenchReport:
-    """Measure every variant (each in its own process, one after the other), the GEMM rate
-    (before and after the variants, the better of the two) and, with ``macs`` and PyTorch
-    available, the dense modules' MACs."""
-    from threadpoolctl import threadpool_limits
-
-    from bevdeploy.package import load_package
-    from bevdeploy.bench.kernels import measure_rates
+    """Measure every variant (each in its own process, one after the other), the peak rates
+    of every engine and precision (``bench.peaks``, ``peak_seconds`` per problem, before and
+    after the variants, the faster of each pair), the SCN's MACs on the timed frames and,
+    with ``macs`` and PyTorch available, the dense modules' MACs; the report's floors follow."""
+    from bevdeploy.bench.machine import blas_libraries, isa_overrides
     from bevdeploy.bench.peak_checks import peak_warnings
+    from bevdeploy.bench.peaks import best_of, measure_peaks
+    from bevdeploy.package import load_package
 
     if frames < 1 or warmup < 0:
         raise ConfigError(f"need frames ≥ 1 and warmup ≥ 0, got {frames} and {warmup}",
                           field="--frames")
+    if peak_seconds < 0:
+        raise ConfigError(f"must be ≥ 0, got {peak_seconds}", field="--peak-seconds")
     check_devices(variants)
     notes: list[str] = []
-
-    def gemm_gflops() -> float:
-        with threadpool_limits(threads):
-            return 2 * measure_rates(repeats=GEMM_REPEATS).gemm_macs_per_s / 1e9
-
-    before = gemm_gflops()
+    progress("measuring the peak rates")
+    before = measure_peaks(threads, seconds=peak_seconds)
     counted: dict[str, dict[str, int]] = {}
+    sparse: dict[str, int] = {}
+    for v in variants:
+        if v.preset not in sparse:
+            progress(f"counting the SCN MACs of {v.preset} on the timed frames")
+            pkg = load_package(v.package)
+            sequence, _ = load_frames(source, pkg.preset, warmup + frames)
+            sparse[v.preset] = scn_macs(pkg, sequence[warmup:])
     if macs:
         try:
             import torch  # noqa: F401  (only to learn whether MACs can be counted)
@@ -299,13 +338,16 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
     for v in variants:
         progress(f"measuring {v.label}")
         results.append(measure_in_subprocess(v, source, frames, warmup))
-    after = gemm_gflops()  # again after the variants: a shared VM's neighbours can depress
-    distinct = min(r.distinct_frames for r in results)  # either measurement
+    progress("measuring the peak rates again")
+    after = measure_peaks(threads, seconds=peak_seconds)  # a shared VM's neighbours can
+    peaks = best_of(before, after)  # depress either measurement
+    distinct = min(r.distinct_frames for r in results)
     if distinct < frames + warmup:
         notes.append(f"the split has {distinct} frame(s): they are cycled")
     report = BenchReport(results=list(results), source=source, frames=frames, warmup=warmup,
-                         threads=threads, gemm_gflops=max(before, after), dense_macs=counted,
-                         notes=notes)
+                         threads=threads, gemm_gflops=peaks.peak("numpy", "fp32") or 0.0,
+                         dense_macs=counted, scn_macs=sparse, peaks=peaks,
+                         blas=blas_libraries(), isa_overrides=isa_overrides(), notes=notes)
     report.warnings = peak_warnings(report, before, after)
     report.notes += report.warnings
     return report

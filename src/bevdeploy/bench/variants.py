@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from bevdeploy.runtime.backends.gpu import GpuConfig
 
 REFERENCE_BACKEND = "torch"
+AUTO_BACKEND = "auto"  # resolved per package by runtime.backends.auto
 REFERENCE_SCHEDULE = "eager"
 REFERENCE_CUDA_SCHEDULE = "eager-cuda"  # ``--reference-device cuda``: the same, on the GPU
 CUDA_SCHEDULE = "cuda"  # the schedule of every GPU variant (``CudaSchedule``)
@@ -34,6 +35,8 @@ class Variant:
     threads: int
     checkpoint: str | None = None  # reference only: weights to load
     gpu_config: str | None = None  # GPU backends only: ``GpuConfig.label``
+    inference_precision: str = "fp32"  # CPU backends: what the float parts compute in
+    choice: str | None = None  # ``--backend auto``: why it picked ``backend``
 
     @property
     def is_reference(self) -> bool:
@@ -56,18 +59,55 @@ def _label(pkg: Any, backend: str, setting: str, many_packages: bool, root: Path
     return f"{name} · {backend} · {setting}"
 
 
+def _cpu_backends(pkg: Any, root: Path, backend: str,
+                  inference_precisions: Sequence[str]) -> list[tuple[str, str, str, str | None]]:
+    """(backend, its text in the label, inference precision, auto's reason) of each CPU
+    variant of ``pkg`` on ``backend``: ``bf16`` only where the backend has it (openvino, or auto
+    resolving to it; ``runtime.backends.auto``), ``auto`` resolved for the package on this CPU."""
+    out = []
+    for precision in inference_precisions:
+        if precision != "fp32" and backend not in ("openvino", AUTO_BACKEND):
+            continue  # onnxruntime computes as the package is; it runs once, at fp32
+        suffix = "" if precision == "fp32" else f" {precision}"
+        if backend == AUTO_BACKEND:
+            from bevdeploy.runtime.backends.auto import choose_for_package
+
+            choice = choose_for_package(pkg, precision)
+            out.append((choice.backend, f"auto→{choice.backend}{suffix}", precision,
+                        choice.reason))
+            continue
+        if precision == "bf16":
+            from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason, \
+                import_openvino
+
+            import_openvino()
+            reason = bf16_unavailable_reason()
+            if reason is not None:
+                raise ConfigError(reason, path=root, field="--inference-precision")
+        out.append((backend, backend + suffix, precision, None))
+    if not out:
+        raise ConfigError(f"{backend} computes at fp32 only; --inference-precision "
+                          f"{list(inference_precisions)} gives it nothing to run",
+                          field="--inference-precision")
+    return out
+
+
 def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
                   schedules: Sequence[str], threads: int, reference: bool,
                   checkpoint: Path | None, precision: str | None,
                   gpu_configs: Sequence[str] = (), gpu_ladder: bool = False,
-                  reference_device: str = "cpu") -> list[Variant]:
+                  reference_device: str = "cpu",
+                  inference_precisions: Sequence[str] = ("fp32",)) -> list[Variant]:
     """The variants of a run, references first (one per distinct preset, on
     ``reference_device``: cpu or cuda), packages checked (loadable, of the asked ``precision``)
     before anything is measured. A CPU backend runs under each of ``schedules``, a GPU backend
     with each of ``gpu_configs`` (default ``fp32``), or with its ladder (``GPU_LADDER``,
-    ``TENSORRT_LADDER``) when ``gpu_ladder``."""
+    ``TENSORRT_LADDER``) when ``gpu_ladder``. ``openvino`` also runs at each of
+    ``inference_precisions`` (``bf16`` where its CPU plugin has it; ONNX Runtime only at fp32),
+    and ``auto`` is resolved per package on this CPU, its reason kept in ``Variant.choice``."""
     from bevdeploy.package import load_package
     from bevdeploy.runtime.backends import BACKENDS
+    from bevdeploy.runtime.backends.base import INFERENCE_PRECISIONS
     from bevdeploy.runtime.backends.gpu import GPU_BACKENDS
     from bevdeploy.runtime.schedules import SCHEDULES
 
@@ -79,9 +119,13 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
     reference_schedule = REFERENCE_SCHEDULE if reference_device == "cpu" \
         else REFERENCE_CUDA_SCHEDULE
     for name in backends:
-        if name not in BACKENDS:
-            raise ConfigError(f"unknown backend {name!r}; available: {list(BACKENDS)}",
-                              field="--backend")
+        if name not in (*BACKENDS, AUTO_BACKEND):
+            raise ConfigError(f"unknown backend {name!r}; available: "
+                              f"{[*BACKENDS, AUTO_BACKEND]}", field="--backend")
+    for name in inference_precisions:
+        if name not in INFERENCE_PRECISIONS:
+            raise ConfigError(f"unknown inference precision {name!r}; known: "
+                              f"{list(INFERENCE_PRECISIONS)}", field="--inference-precision")
     for name in schedules:
         if name not in SCHEDULES:
             raise ConfigError(f"unknown schedule {name!r}; available: {list(SCHEDULES)}",
@@ -125,9 +169,12 @@ def plan_variants(packages: Sequence[Path], *, backends: Sequence[str],
                                                    root), pkg.preset.name, str(root), backend,
                                             CUDA_SCHEDULE, threads, gpu_config=config.label))
                 continue
-            for schedule in schedules:
-                variants.append(Variant(_label(pkg, backend, schedule, many, root),
-                                        pkg.preset.name, str(root), backend, schedule, threads))
+            for name, text, precision, reason in _cpu_backends(pkg, root, backend,
+                                                               inference_precisions):
+                for schedule in schedules:
+                    variants.append(Variant(_label(pkg, text, schedule, many, root),
+                                            pkg.preset.name, str(root), name, schedule, threads,
+                                            inference_precision=precision, choice=reason))
     return variants
 
 

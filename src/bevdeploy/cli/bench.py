@@ -71,8 +71,15 @@ def bench_kernels(preset: str = typer.Option("nuscenes-resnet50", help="Preset w
 @command(name="bench")
 def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat to compare "
                                              "several (e.g. fp32 and int8) in one run."),
-          backend: list[str] = typer.Option(["onnxruntime"], help="onnxruntime, torch-cuda or "
-                                            "tensorrt; repeatable."),
+          backend: list[str] = typer.Option(["onnxruntime"], help="onnxruntime, openvino, "
+                                            "auto (resolved per package on this CPU, its "
+                                            "reason recorded), torch-cuda or tensorrt; "
+                                            "repeatable."),
+          inference_precision: list[str] = typer.Option(["fp32"], help="fp32 or bf16: what "
+                                                        "openvino (or auto) computes the "
+                                                        "float parts in, bf16 where its CPU "
+                                                        "plugin has it; repeatable (each is "
+                                                        "a column; onnxruntime runs once)."),
           schedule: list[str] = typer.Option(["sequential"], help="sequential, branches or "
                                              "frames (the CPU backends'; a GPU backend runs "
                                              "under the CUDA schedule); repeatable."),
@@ -106,6 +113,10 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
                                               "small synthetic world, generated once)."),
           version: str = typer.Option("v1.0-mini", help="nuScenes version folder of --data."),
           split: str = typer.Option("mini_val", help="Split of --data."),
+          peak_seconds: float = typer.Option(1.0, min=0.0, help="Seconds each peak problem "
+                                             "(a large MatMul / Conv per engine and precision, "
+                                             "the BLAS SGEMMs) is timed for, before and after "
+                                             "the variants; at least 3 calls each."),
           json_out: JsonOutOpt = None,
           wide: WideOpt = False,
           chart: Optional[Path] = typer.Option(Path("out/bench/latency.png"), help="Stacked "
@@ -113,7 +124,8 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
                                                "(PNG, written atomically).")) -> None:
     """Per-stage and end-to-end latency (median, p90), frames/s and peak memory of packages,
     backends and schedules side by side with the PyTorch eager reference, each variant in its
-    own process; the dense modules' GFLOP/s against this machine's GEMM peak."""
+    own process; the roofline: this machine's peak rates per engine and precision, each
+    variant's floor from its MACs at those peaks, and its median over that floor."""
     import numba
 
     from bevdeploy.bench import (FrameSource, check_devices, default_world, plan_variants,
@@ -124,13 +136,15 @@ def bench(package: list[Path] = typer.Option(..., help="Deploy package; repeat t
     variants = plan_variants(package, backends=backend, schedules=schedule, threads=budget,
                              reference=reference, checkpoint=checkpoint, precision=precision,
                              gpu_configs=gpu_config or (), gpu_ladder=gpu_ladder,
-                             reference_device=reference_device)
+                             reference_device=reference_device,
+                             inference_precisions=inference_precision)
     check_devices(variants)  # before the default world is generated
     source = default_world() if data is None else FrameSource(str(data), version, split)
     report = run_bench(variants, source, frames=frames, warmup=warmup, threads=budget,
+                       peak_seconds=peak_seconds,
                        progress=lambda message: err_console.print(message, markup=False,
                                                                    highlight=False))
-    for table in ([report.table(), report.dense_table()] if wide else report.narrow_tables()):
+    for table in report.wide_tables() if wide else report.narrow_tables():
         print_report(console, table, wide=wide)
     for warning in report.warnings:
         warn(warning)
