@@ -214,6 +214,27 @@ def test_sparse_conv_equals_the_sum_over_pairs(threads):
     np.testing.assert_allclose(plain, expected - residual, rtol=0, atol=1e-5)
 
 
+def test_convs_sharing_a_rulebook_at_two_block_sizes_each_get_their_own_pair_blocks():
+    """The compacted pairs are kept on the rulebook per block size: a second conv with another
+    block size (here: another thread count) must not reuse the first one's lists."""
+    shape = (12, 12, 12)
+    coords = random_sites(shape, 700, seed=22)
+    rulebook = subm_rulebook(coords, shape, (3, 3, 3))
+    _, pairs = brute_force_pairs(coords, shape, (3, 3, 3), (1, 1, 1), (0, 0, 0), (1, 1, 1),
+                                 subm=True)
+    rng = np.random.default_rng(23)
+    feats = rng.standard_normal((len(coords), 4), dtype=np.float32)
+    weight = rng.standard_normal((27, 4, 3), dtype=np.float32)
+    bias = rng.standard_normal(3, dtype=np.float32)
+    expected = np.tile(bias.astype(np.float64), (len(coords), 1))
+    for (k, o), i in pairs.items():
+        expected[o] += feats[i].astype(np.float64) @ weight[k]
+    for threads in (1, 2, 1):
+        got = sparse_conv(feats, weight, bias, rulebook, relu=False, threads=threads)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert len(rulebook.compacted) == 2
+
+
 # ------------------------------------------------------------------------------------------
 # the executor against spconv
 # ------------------------------------------------------------------------------------------

@@ -28,10 +28,21 @@ output-stationary: each thread owns a block of output rows, gathers their inputs
 offset, multiplies them with ``W[k]`` through BLAS ``sgemm`` and accumulates in a block-local
 buffer, then applies bias, residual and ReLU while writing the block out. Outputs are never
 written twice, so the threads need no atomics, and every output sums its offsets in the same
-order whatever the thread count. On 2 cores the per-offset alternative (one large gather,
-``sgemm`` and scatter-add over all pairs of an offset) measured 2–5× slower per layer: it
-streams every gathered row through memory three times, and BLAS's own threads contend with
-the gather/scatter threads.
+order whatever the thread count. The pairs of each block and offset are compacted once per
+rulebook (``PairBlocks``) and reused by every conv sharing it, so the gather is a branch-free
+copy; that made the 16-channel layers of a 120k-voxel nuScenes-resnet50 frame about a quarter
+faster and left the wider ones unchanged (docs/bench/notes.md#scn-gemm-rate). On 2 cores the
+per-offset alternative (one large gather, ``sgemm`` and scatter-add over all pairs of an
+offset) measured 2–5× slower per layer: it streams every gathered row through memory three
+times, and BLAS's own threads contend with the gather/scatter threads.
+
+**What bounds it.** With the gathers and scatters removed, the same sgemm calls alone take
+70–90 % of a 32–128-channel layer's time and run at only 70–85 % of the machine's 2-thread
+GEMM peak (a few hundred rows, 32–128 channels, one thread each), so the executor stays near
+half the peak overall; the 16-channel layers are bound by the data movement instead. Stacking the dense offsets side by side into one ``(rows, g·C_in)`` GEMM (an
+implicit GEMM with zeros for missing neighbours) was measured too and did not pay: a few
+percent better at 32–64 channels, 10–15 % worse at 16 and 128
+(docs/bench/notes.md#scn-gemm-rate).
 
 The GEMM calls go to the BLAS numba binds (SciPy's). They run inside numba's parallel
 region, so BLAS must be single-threaded meanwhile: callers wrap a run in ``blas_single_thread``.
@@ -42,7 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 import numpy as np
@@ -205,13 +216,15 @@ class Rulebook:
     ``neighbours`` is ``(K, M_out)`` int32: the input row feeding output ``o`` through kernel
     offset ``k`` (row-major over ``(kx, ky, kz)``), or −1. ``out_coords`` are the output
     sites ``(M_out, 3)`` int32 ``(x, y, z)``; ``centre`` is the offset whose pairs are the
-    identity (a submanifold conv's kernel centre), or −1.
+    identity (a submanifold conv's kernel centre), or −1. ``compacted`` holds its
+    ``PairBlocks`` per block size, built by the first conv that needs them (``pair_blocks``).
     """
 
     neighbours: np.ndarray
     out_coords: np.ndarray
     out_spatial_shape: Triple
     centre: int
+    compacted: dict[int, "PairBlocks"] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_outputs(self) -> int:
@@ -366,45 +379,118 @@ def strided_rulebook(coords: np.ndarray, out_spatial_shape: Sequence[int],
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class PairBlocks:
+    """A rulebook's pairs compacted per block of ``block_rows`` output rows and per offset.
+
+    Block ``b``'s pairs through offset ``k`` are ``pair_in[s:e]`` (input rows) and
+    ``pair_row[s:e]`` (output rows within the block) for ``s, e = starts[b, k], starts[b, k +
+    1]``, in output order; the centre offset's identity pairs are left out (the conv multiplies
+    the block's own rows for it). Built once per rulebook and block size, so the convs that
+    share a rulebook (four or five per key in the SparseEncoder) gather from ready lists
+    instead of each scanning ``neighbours`` with a data-dependent branch per entry.
+    """
+
+    block_rows: int
+    starts: np.ndarray  # (num_blocks, K + 1) int64
+    pair_in: np.ndarray  # int32
+    pair_row: np.ndarray  # int32
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _conv(feats: np.ndarray, weight: np.ndarray, bias: np.ndarray, neighbours: np.ndarray,
-          centre: int, residual: np.ndarray, has_residual: bool, relu: bool,
-          block_rows: int) -> np.ndarray:
-    """Output-stationary blocked gather-GEMM; see the module docstring."""
+def _block_pair_counts(neighbours: np.ndarray, centre: int, block_rows: int) -> np.ndarray:
+    """``counts[b, k]``: pairs of offset ``k`` among block ``b``'s outputs (0 for the centre)."""
     num_offsets, num_out = neighbours.shape
-    c_in = feats.shape[1]
-    c_out = weight.shape[2]
-    out = np.empty((num_out, c_out), np.float32)
     num_blocks = (num_out + block_rows - 1) // block_rows
+    counts = np.zeros((num_blocks, num_offsets), np.int64)
     for block in prange(num_blocks):
         first = block * block_rows
-        rows = min(num_out, first + block_rows) - first
-        acc = np.empty((rows, c_out), np.float32)
-        gathered = np.empty((rows, c_in), np.float32)
-        product = np.empty((rows, c_out), np.float32)
-        targets = np.empty(rows, np.int64)
-        if centre >= 0:  # identity pairs: the block's own rows, no gather needed
-            np.dot(feats[first:first + rows], weight[centre], acc)
-        else:
-            acc[:] = 0.0
+        last = min(num_out, first + block_rows)
         for k in range(num_offsets):
             if k == centre:
                 continue
             n = 0
-            for r in range(rows):
-                i = neighbours[k, first + r]
+            for o in range(first, last):
+                n += neighbours[k, o] >= 0
+            counts[block, k] = n
+    return counts
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _block_pairs(neighbours: np.ndarray, centre: int, block_rows: int, starts: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The pair lists of ``PairBlocks``; each block writes its own segments."""
+    num_offsets, num_out = neighbours.shape
+    pair_in = np.empty(starts[-1, -1], np.int32)
+    pair_row = np.empty(starts[-1, -1], np.int32)
+    for block in prange(starts.shape[0]):
+        first = block * block_rows
+        last = min(num_out, first + block_rows)
+        for k in range(num_offsets):
+            if k == centre:
+                continue
+            n = starts[block, k]
+            for o in range(first, last):
+                i = neighbours[k, o]
                 if i >= 0:
-                    for ch in range(c_in):
-                        gathered[n, ch] = feats[i, ch]
-                    targets[n] = r
+                    pair_in[n] = i
+                    pair_row[n] = o - first
                     n += 1
+    return pair_in, pair_row
+
+
+def pair_blocks(rulebook: Rulebook, block_rows: int) -> PairBlocks:
+    """The rulebook's ``PairBlocks`` for blocks of ``block_rows`` outputs, built on first use
+    and kept on the rulebook."""
+    blocks = rulebook.compacted.get(block_rows)
+    if blocks is None:
+        counts = _block_pair_counts(rulebook.neighbours, rulebook.centre, block_rows)
+        starts = np.zeros((counts.shape[0], counts.shape[1] + 1), np.int64)
+        flat = np.cumsum(counts.ravel())
+        starts[:, 1:] = flat.reshape(counts.shape)
+        starts[1:, 0] = starts[:-1, -1]
+        pair_in, pair_row = _block_pairs(rulebook.neighbours, rulebook.centre, block_rows, starts)
+        blocks = PairBlocks(block_rows, starts, pair_in, pair_row)
+        rulebook.compacted[block_rows] = blocks
+    return blocks
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _conv(feats: np.ndarray, weight: np.ndarray, bias: np.ndarray, centre: int,
+          starts: np.ndarray, pair_in: np.ndarray, pair_row: np.ndarray, residual: np.ndarray,
+          has_residual: bool, relu: bool, block_rows: int, num_out: int) -> np.ndarray:
+    """Output-stationary blocked gather-GEMM over ``PairBlocks``; see the module docstring."""
+    num_offsets = weight.shape[0]
+    c_in = feats.shape[1]
+    c_out = weight.shape[2]
+    out = np.empty((num_out, c_out), np.float32)
+    for block in prange(starts.shape[0]):
+        first = block * block_rows
+        rows = min(num_out, first + block_rows) - first
+        acc = np.empty((rows, c_out), np.float32)
+        if centre >= 0:  # identity pairs: the block's own rows, no gather needed
+            np.dot(feats[first:first + rows], weight[centre], acc)
+        else:
+            acc[:] = 0.0
+        most = 0
+        for k in range(num_offsets):
+            most = max(most, starts[block, k + 1] - starts[block, k])
+        gathered = np.empty((most, c_in), np.float32)
+        product = np.empty((most, c_out), np.float32)
+        for k in range(num_offsets):
+            start = starts[block, k]
+            n = starts[block, k + 1] - start
             if n == 0:
                 continue
+            for p in range(n):
+                i = pair_in[start + p]
+                for ch in range(c_in):
+                    gathered[p, ch] = feats[i, ch]
             np.dot(gathered[:n], weight[k], product[:n])
-            for j in range(n):
-                r = targets[j]
+            for p in range(n):
+                r = pair_row[start + p]
                 for ch in range(c_out):
-                    acc[r, ch] += product[j, ch]
+                    acc[r, ch] += product[p, ch]
         for r in range(rows):
             for ch in range(c_out):
                 value = acc[r, ch] + bias[ch]
@@ -440,9 +526,11 @@ def sparse_conv(feats: np.ndarray, weight: np.ndarray, bias: np.ndarray, ruleboo
     c_in, c_out = weight.shape[1], weight.shape[2]
     if rulebook.num_outputs == 0:
         return np.zeros((0, c_out), dtype=np.float32)
+    blocks = pair_blocks(rulebook, _block_rows(rulebook, c_in, c_out, threads))
     extra = residual if residual is not None else np.empty((0, c_out), dtype=np.float32)
-    return _conv(feats, weight, bias, rulebook.neighbours, rulebook.centre, extra,
-                 residual is not None, relu, _block_rows(rulebook, c_in, c_out, threads))
+    return _conv(feats, weight, bias, rulebook.centre, blocks.starts, blocks.pair_in,
+                 blocks.pair_row, extra, residual is not None, relu, blocks.block_rows,
+                 rulebook.num_outputs)
 
 
 @lru_cache(maxsize=1)
