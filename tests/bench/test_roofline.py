@@ -120,3 +120,30 @@ def test_the_tables_show_the_floor_and_the_peaks() -> None:
     assert "\nscn " in text and "30.0 (1.7×)" in text  # 50 ms measured over a 30 ms floor
     assert "onnxruntime  int8" in text and "skipped openvino bf16: no BF16 here" in text
     assert "BLAS: openblas" in text
+
+
+def test_an_int8_module_partly_float_is_floored_at_both_peaks() -> None:
+    result = _result("onnxruntime", INT8, total_ms=250.0)
+    report = _report(result)
+    report.int8_shares = {"p": {"head.bbox": 0.5, "fuser": None, "camera.backbone": 1.0}}
+    terms = {t.part: t for t in report.floor(result).terms}
+    # head: 0.25 GMAC at the INT8 peak 400 (1.25 ms) + 0.25 GMAC at fp32 100 (5 ms)
+    assert terms["head.bbox"].floor_ms == pytest.approx(1.25 + 5.0)
+    assert terms["head.bbox"].precision == "int8 50% + fp32"
+    assert terms["head.bbox"].peak_gflops == pytest.approx(2 * 0.5 / 6.25e-3)
+    assert terms["fuser"].floor_ms == pytest.approx(5.0)  # share unknown: all INT8
+    assert terms["camera.backbone"].floor_ms == pytest.approx(10.0)
+
+
+def test_the_int8_share_is_read_from_the_graph(tmp_path, trained_tiny_package) -> None:
+    from bevdeploy.bench.graph_macs import int8_mac_share
+    from bevdeploy.bench.peak_graphs import Sizes, problem_graphs
+
+    shares = {}
+    for problem in problem_graphs(Sizes(n=32, channels=4, hw=8)):
+        path = tmp_path / f"{problem.kind}-{problem.precision}.onnx"
+        path.write_bytes(problem.model)
+        shares[problem.kind, problem.precision] = int8_mac_share(path)
+    assert shares == {("matmul", "fp32"): 0.0, ("conv", "fp32"): 0.0,
+                      ("matmul", "int8"): 1.0, ("conv", "int8"): 1.0}
+    assert int8_mac_share(trained_tiny_package / "fuser.onnx") == 0.0

@@ -107,6 +107,8 @@ class BenchReport:
     peaks: Peaks | None = None  # bench.peaks: per engine and precision; None: not measured
     blas: list[dict[str, Any]] = field(default_factory=list)  # bench.machine.blas_libraries
     isa_overrides: dict[str, str] = field(default_factory=dict)  # bench.machine.isa_overrides
+    # package path → INT8 module → share of its MACs that are INT8 (bench.graph_macs)
+    int8_shares: dict[str, dict[str, float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # bench.peak_checks: why the GFLOP/s shares of this run cannot be read as efficiency
     warnings: list[str] = field(default_factory=list)
@@ -164,7 +166,8 @@ class BenchReport:
         return variant_floor({k: v.median_ms for k, v in result.stages.items()},
                              result.total.median_ms, result.engine, result.module_precisions,
                              self.dense_macs.get(preset, {}), self.scn_macs.get(preset),
-                             self.peaks)
+                             self.peaks, float_precision=result.variant.inference_precision,
+                             int8_shares=self.int8_shares.get(result.variant.package))
 
     def to_dict(self) -> dict[str, Any]:
         variants = []
@@ -199,6 +202,7 @@ class BenchReport:
                             "minus the resident set after the frames were loaded and before "
                             "the variant's libraries and model"),
             "dense_macs": self.dense_macs, "scn_macs": self.scn_macs,
+            "int8_mac_shares": self.int8_shares,
             "floor": ROOFLINE_NOTE, "notes": self.notes, "variants": variants,
         }
 
