@@ -386,6 +386,68 @@ def test_add_is_fused_only_where_its_other_operand_exists():
 
 
 # ------------------------------------------------------------------------------------------
+# BF16 convs through OpenVINO
+# ------------------------------------------------------------------------------------------
+
+BF16_MIN_COSINE = 0.9999  # BF16 inputs and weights (8-bit mantissa), FP32 sums
+BF16_RELATIVE_TOLERANCE = 2e-2
+
+
+def _bf16_or_skip() -> None:
+    pytest.importorskip("openvino")
+    from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason
+
+    reason = bf16_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def test_bf16_convs_match_fp32_with_their_fused_residual_and_relu():
+    """relu(conv_a(x) + conv_b(x)) at 64 channels: both convs run in BF16 (conv_b with the
+    fused Add and Relu); the map agrees with the FP32 kernel to BF16 rounding."""
+    _bf16_or_skip()
+    from bevdeploy.runtime.scn.bf16 import MIN_CHANNELS
+
+    rng = np.random.default_rng(24)
+    shape, channels = (9, 8, 7), MIN_CHANNELS
+    params = [(rng.standard_normal((channels, 3, 3, 3, channels)).astype(np.float32) / 20,
+               rng.standard_normal(channels).astype(np.float32)) for _ in range(2)]
+    graph = _graph((_subm3("a", FEATURES_INPUT, *params[0], shape),
+                    _subm3("b", FEATURES_INPUT, *params[1], shape),
+                    Add("add", ("a", "b"), "add"), Relu("relu", ("add",), "relu")),
+                   channels, shape)
+    bf16 = ScnExecutor(graph, precision="bf16")
+    assert bf16.bf16_convs == {"a", "b"} and dict(bf16.fusions) == {"b": ("add", "relu")}
+    coords = random_sites(shape, 300, seed=25)
+    feats = rng.standard_normal((len(coords), channels), dtype=np.float32)
+    ref = ScnExecutor(graph).run(feats, coords)
+    out = bf16.run(feats, coords)
+    assert (ref == 0).any() and (ref > 0).any()  # the ReLU acted on both sides
+    assert float(np.abs(out - ref).max()) <= BF16_RELATIVE_TOLERANCE * float(np.abs(ref).max())
+    cosine = float(np.dot(out.ravel(), ref.ravel()) / (np.linalg.norm(out) * np.linalg.norm(ref)))
+    assert BF16_MIN_COSINE <= cosine < 1.0  # BF16 really ran: not bit-equal to FP32
+    empty = bf16.run(np.zeros((0, channels), np.float32), np.zeros((0, 3), np.int32))
+    assert empty.shape == ref.shape and not empty.any()
+
+
+def test_bf16_leaves_narrow_convs_on_the_fp32_kernel(tiny_executor):
+    """The tiny SCN is at most 32 channels wide: in BF16 mode nothing moves, the map is FP32's."""
+    _bf16_or_skip()
+    bf16 = ScnExecutor(tiny_executor.graph, precision="bf16")
+    assert not bf16.bf16_convs
+    coords = random_sites(TINY.sparse_shape, 500, seed=26)
+    feats = np.random.default_rng(27).standard_normal((len(coords), 5), dtype=np.float32)
+    np.testing.assert_array_equal(bf16.run(feats, coords), tiny_executor.run(feats, coords))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "BF16"])
+def test_unknown_precision_is_refused(tiny_executor, precision):
+    with pytest.raises(ConfigError) as info:
+        ScnExecutor(tiny_executor.graph, precision=precision)
+    assert info.value.field == "precision"
+
+
+# ------------------------------------------------------------------------------------------
 # errors and the torch-free guarantee
 # ------------------------------------------------------------------------------------------
 

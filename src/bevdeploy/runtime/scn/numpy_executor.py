@@ -17,6 +17,9 @@
   through a view, so the ``Transpose`` and the ``Reshape`` to ``(1, C·Z, X, Y)`` (channel
   ``c·Z + z``) are free views, libspconv's ScatterDense&Transpose fusion.
 
+With ``precision="bf16"`` the wide convs run as BF16 implicit GEMMs through OpenVINO instead
+(``bevdeploy.runtime.scn.bf16``), with the same epilogue fusions.
+
 The plan (the fusions above, the last uses) and its walk are ``scn.plan``'s, shared with
 ``scn.torch_executor``, which runs the same plan in torch; this module supplies the steps'
 arithmetic on numpy arrays. ``last_timings`` holds the seconds of the last ``run``: one entry per
@@ -29,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -41,7 +45,11 @@ from bevdeploy.runtime.kernels.cpu.sparse_conv import (
 from bevdeploy.runtime.scn.plan import ConvStep, ScnPlan, Sparse, cached_rulebook, execute
 from bevdeploy.scn_format import Add, Relu, ScnGraph, SparseConv
 
+if TYPE_CHECKING:
+    from bevdeploy.runtime.scn.bf16 import Bf16Convs
+
 _SOURCE = "<scn executor>"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,10 +61,12 @@ class _Sites:
 
 
 class _NumpyOps:
-    """The steps' arithmetic on numpy arrays (``plan.StepOps``), with the CPU kernels."""
+    """The steps' arithmetic on numpy arrays (``plan.StepOps``), with the CPU kernels; the
+    convs ``bf16`` holds run there instead."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, bf16: Bf16Convs | None = None) -> None:
         self.threads = threads
+        self.bf16 = bf16
 
     def rulebook(self, conv: SparseConv, sites: _Sites) -> Rulebook:
         if conv.subm:
@@ -67,8 +77,11 @@ class _NumpyOps:
 
     def conv(self, step: ConvStep, x: Sparse, rulebook: Rulebook,
              residual: np.ndarray | None) -> Sparse:
-        out = sparse_conv(x.feats, step.weight, step.bias, rulebook, relu=step.relu,
-                          residual=residual, threads=self.threads)
+        if self.bf16 is not None and step.name in self.bf16.names:
+            out = self.bf16.run(step, x.feats, rulebook, residual)
+        else:
+            out = sparse_conv(x.feats, step.weight, step.bias, rulebook, relu=step.relu,
+                              residual=residual, threads=self.threads)
         sites = x.sites if step.layer.subm else _Sites(rulebook.out_coords,
                                                        rulebook.out_spatial_shape)
         return Sparse(out, sites)
@@ -94,13 +107,17 @@ class ScnExecutor:
     """Executes an ``ScnGraph``: ``run(feats (M, F), coords (M, 3) int32 xyz) → (1, C·Z, X, Y)``.
 
     ``threads`` is the number of numba threads a run uses (default: all numba may use); BLAS
-    is held to one thread per numba thread during a run. ``sparse_shape``, ``in_channels`` and
-    ``output_shape`` describe the graph's input grid and features and its dense output. The
+    is held to one thread per numba thread during a run. ``precision`` is ``fp32``, or
+    ``bf16``: the convs with at least ``bf16.MIN_CHANNELS`` input channels then run as BF16
+    implicit GEMMs through OpenVINO on as many threads (``bevdeploy.runtime.scn.bf16``; needs
+    the ``openvino`` extra and a CPU with AVX-512 BF16 or AMX, else a ``ConfigError``);
+    ``bf16_convs`` names them. ``sparse_shape``, ``in_channels`` and ``output_shape`` describe the graph's input grid and features and its dense output. The
     executor holds no per-frame state besides ``last_timings``; one instance must not run two
     frames at once.
     """
 
-    def __init__(self, graph: ScnGraph, *, threads: int | None = None) -> None:
+    def __init__(self, graph: ScnGraph, *, threads: int | None = None,
+                 precision: str = "fp32") -> None:
         limit = numba.config.NUMBA_NUM_THREADS
         if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool)
                                         and 1 <= threads <= limit):
@@ -111,8 +128,19 @@ class ScnExecutor:
         self.sparse_shape = graph.sparse_shape
         self.in_channels = int(graph.features.shape[1])
         self.output_shape = tuple(int(d) for d in graph.output.shape)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"expected one of {PRECISIONS}, got {precision!r}", path=_SOURCE,
+                              field="precision")
+        self.precision = precision
         self._plan = ScnPlan.of(graph)
-        self._ops = _NumpyOps(self.threads)
+        bf16 = None
+        if precision == "bf16":
+            from bevdeploy.runtime.scn.bf16 import Bf16Convs
+
+            bf16 = Bf16Convs((step for step in self._plan.steps if isinstance(step, ConvStep)),
+                             self.threads)
+        self._ops = _NumpyOps(self.threads, bf16)
+        self.bf16_convs: frozenset[str] = bf16.names if bf16 is not None else frozenset()
         self.fusions: Mapping[str, tuple[str, ...]] = self._plan.fusions
         self.last_timings: dict[str, float] = {}
 

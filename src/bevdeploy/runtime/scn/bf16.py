@@ -1,0 +1,95 @@
+"""The wide sparse convs of an SCN as BF16 implicit GEMMs through OpenVINO
+(``ScnExecutor(..., precision="bf16")``).
+
+Why: the FP32 kernel (``bevdeploy.runtime.kernels.cpu.sparse_conv``) is bound by OpenBLAS's
+small sgemm calls. On a CPU with AMX or AVX-512 BF16, oneDNN's BF16 MatMul (OpenVINO's CPU
+plugin) is fast enough to pay for an *implicit* GEMM that also multiplies the zeros of the
+missing neighbours: each conv is one ``(M_out, K·C_in) × (K·C_in, C_out)`` product. It pays
+only for wide layers: on a 120k-voxel nuScenes-resnet50 frame, 2 cores with AMX, the
+128-channel layers ran about 3× faster than FP32, the 64-channel ones 1.7×, the 32-channel
+ones no faster and the 16-channel ones slower (the zeros cost more than the GEMM saves), so
+only convs with at least ``MIN_CHANNELS`` input channels go this way; the others stay on the
+FP32 kernel (docs/bench/notes.md#scn-in-bf16).
+
+The graph of one conv, compiled once at executor construction with a dynamic voxel count and
+``INFERENCE_PRECISION_HINT=bf16``: the features get a zero row appended; ``Gather`` takes the
+rows of the rulebook transposed, ``(M_out, K)``, where −1 (a missing neighbour) is Gather's
+negative index of that zero row; a ``Reshape`` to ``(M_out, K·C_in)``, the ``MatMul`` with the
+stacked weights, the bias, the fused residual and ReLU. Accumulation is oneDNN's (BF16 products,
+FP32 sums), so results differ from FP32 by BF16 rounding of the inputs and weights.
+
+OpenVINO is the optional ``openvino`` extra: imported only here, when BF16 is asked for, and
+refused with a ``ConfigError`` when it is absent or the CPU has no native BF16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from bevdeploy.errors import ConfigError
+from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason, core, import_openvino
+from bevdeploy.runtime.kernels.cpu.sparse_conv import Rulebook
+from bevdeploy.runtime.scn.plan import ConvStep
+
+MIN_CHANNELS = 64  # input channels from which a conv runs in BF16 (see the module docstring)
+_FIELD = "precision"
+
+
+def _conv_model(step: ConvStep) -> Any:
+    """The OpenVINO model of one conv: inputs ``feats`` (M_in, C_in), ``rows`` (M_out, K)
+    int32 and, with a fused residual, ``residual`` (M_out, C_out); output (M_out, C_out)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    num_offsets, c_in, c_out = step.weight.shape
+    feats = ops.parameter([-1, c_in], ov.Type.f32, name="feats")
+    rows = ops.parameter([-1, num_offsets], ov.Type.i32, name="rows")
+    padded = ops.concat([feats, ops.constant(np.zeros((1, c_in), np.float32))], 0)
+    gathered = ops.gather(padded, rows, ops.constant(np.int64(0)))
+    flat = ops.reshape(gathered, ops.constant(np.array([-1, num_offsets * c_in], np.int64)),
+                       special_zero=False)
+    out = ops.add(ops.matmul(flat, ops.constant(step.weight.reshape(num_offsets * c_in, c_out)),
+                             False, False), ops.constant(step.bias))
+    inputs = [feats, rows]
+    if step.residual is not None:
+        residual = ops.parameter([-1, c_out], ov.Type.f32, name="residual")
+        out = ops.add(out, residual)
+        inputs.append(residual)
+    if step.relu:
+        out = ops.relu(out)
+    return ov.Model([out], inputs, step.name)
+
+
+class Bf16Convs:
+    """The convs of ``steps`` with at least ``MIN_CHANNELS`` input channels, compiled for BF16
+    on ``threads`` threads; ``run`` computes one of them (``names`` lists which)."""
+
+    def __init__(self, steps: Iterable[ConvStep], threads: int) -> None:
+        import_openvino(field=_FIELD)
+        reason = bf16_unavailable_reason()
+        if reason is not None:
+            raise ConfigError(reason, field=_FIELD)
+        config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        self._requests = {step.name: core().compile_model(_conv_model(step), "CPU", config)
+                          .create_infer_request()
+                          for step in steps if step.layer.in_channels >= MIN_CHANNELS}
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self._requests)
+
+    def run(self, step: ConvStep, feats: np.ndarray, rulebook: Rulebook,
+            residual: np.ndarray | None) -> np.ndarray:
+        """``act(Σ_k W[k]·in + bias (+ residual))`` (M_out, C_out) float32, like
+        ``sparse_conv``, for a conv in ``names``."""
+        if rulebook.num_outputs == 0:
+            return np.zeros((0, step.weight.shape[2]), dtype=np.float32)
+        inputs = [feats, rulebook.rows_by_output]
+        if residual is not None:
+            inputs.append(residual)
+        result = self._requests[step.name].infer(inputs, share_inputs=True, share_outputs=False)
+        return np.ascontiguousarray(result[0], dtype=np.float32)
