@@ -2,8 +2,10 @@
 
 ``open`` builds either side of every comparison this project makes, from one call:
 
-* a **deploy package** on a backend — ONNX Runtime on the CPU (the default), ``torch-cuda`` or
-  ``tensorrt`` on a GPU — through the runtime's ``Pipeline`` (torch-free on the CPU);
+* a **deploy package** on a backend — ONNX Runtime on the CPU (the default), OpenVINO on the
+  CPU (``openvino``; ``auto`` picks one of the two for the package on this CPU, see
+  ``runtime.backends.auto``), ``torch-cuda`` or ``tensorrt`` on a GPU — through the runtime's
+  ``Pipeline`` (torch-free on the CPU);
 * the **PyTorch reference** of a preset (``backend="torch"``), with the weights chosen by the
   one policy of ``model.factory``: the given checkpoint, else the preset's own, else (where the
   caller allows it) the exporter's seeded random initialisation.
@@ -17,7 +19,7 @@ bad flag in milliseconds rather than after its dataset and model have loaded.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from bevdeploy.runtime.backends.gpu import GpuConfig
 
 REFERENCE_BACKEND = "torch"
+AUTO_BACKEND = "auto"
 CPU_SCHEDULES: tuple[str, ...] = ("sequential", "branches")
 
 __all__ = ["Detector", "DetectorOptions", "check_options", "open"]
@@ -52,23 +55,57 @@ class Detector(Protocol):
 @dataclass(frozen=True)
 class DetectorOptions:
     """How a detector runs, checked (``check_options``): the backend, the GPU switches of a GPU
-    backend and the CPU schedule of ONNX Runtime."""
+    backend, the CPU schedule of the CPU backends and their inference precision. ``backend``
+    may be ``auto`` until ``for_package`` resolves it; ``choice`` is then auto's reason."""
 
     backend: str
     gpu_config: GpuConfig | None = None
     schedule: str = "sequential"
+    inference_precision: str = "fp32"
+    choice: str | None = None
+
+    def for_package(self, package: DeployPackage) -> "DetectorOptions":
+        """These options with ``auto`` resolved for ``package`` on this CPU (the backend and
+        the reason; ``runtime.backends.auto``); any other backend unchanged."""
+        if self.backend != AUTO_BACKEND:
+            return self
+        from bevdeploy.runtime.backends.auto import choose_for_package
+
+        choice = choose_for_package(package, self.inference_precision)
+        return replace(self, backend=choice.backend, choice=choice.reason)
+
+    def record(self) -> dict[str, str | None]:
+        """What the outputs record about the backend (the run record's ``backend``)."""
+        return {"name": self.backend, "inference_precision": self.inference_precision,
+                "auto_choice": self.choice}
+
+    def line(self) -> str:
+        """The backend in one line for the console: ``auto → openvino (why)``, or its name."""
+        name = f"{self.backend}" + (f", {self.inference_precision} inference precision"
+                                    if self.inference_precision != "fp32" else "")
+        return f"backend auto → {name}: {self.choice}" if self.choice else f"backend {name}"
 
 
 def check_options(*, package: bool, backend: str | None = None, schedule: str = "sequential",
-                  gpu_config: str | GpuConfig | None = None) -> DetectorOptions:
+                  gpu_config: str | GpuConfig | None = None,
+                  inference_precision: str = "fp32") -> DetectorOptions:
     """The options of a detector of a package (``package=True``) or of the reference, checked
     before anything loads. The backend defaults to ``onnxruntime`` for a package and ``torch``
-    for the reference; ``schedule`` is the CPU pipeline's (sequential or branches: a per-frame
-    error policy needs frames one at a time, so the ``frames`` schedule is ``bench``'s);
-    ``gpu_config`` (``GpuConfig`` or its ``+``-joined text) applies to GPU backends only."""
+    for the reference; ``auto`` stays unresolved until the package is read
+    (``DetectorOptions.for_package``); ``schedule`` is the CPU pipeline's (sequential or
+    branches: a per-frame error policy needs frames one at a time, so the ``frames`` schedule
+    is ``bench``'s); ``gpu_config`` (``GpuConfig`` or its ``+``-joined text) applies to GPU
+    backends only; ``inference_precision`` ``bf16`` to ``openvino`` (or ``auto``) only, on a
+    CPU whose OpenVINO reports BF16."""
+    from bevdeploy.runtime.backends import BACKENDS
     from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
 
     backend = backend or ("onnxruntime" if package else REFERENCE_BACKEND)
+    known = (*BACKENDS, AUTO_BACKEND, REFERENCE_BACKEND)
+    if backend not in known:
+        raise ConfigError(f"unknown backend {backend!r}; available: {list(known)}",
+                          field="--backend")
+    _check_cpu_backend(backend, inference_precision)
     config = GpuConfig.parse(gpu_config) if isinstance(gpu_config, str) else gpu_config
     if config is not None:
         config.check_backend(backend)
@@ -89,7 +126,31 @@ def check_options(*, package: bool, backend: str | None = None, schedule: str = 
     if not package and backend != REFERENCE_BACKEND:
         raise ConfigError(f"backend {backend!r} runs a deploy package: give --package (export "
                           "one with `bevdeploy export`)", field="--backend")
-    return DetectorOptions(backend, config, schedule)
+    return DetectorOptions(backend, config, schedule, inference_precision)
+
+
+def _check_cpu_backend(backend: str, inference_precision: str) -> None:
+    """Refuse an inference precision the backend lacks, or ``openvino`` where it is not
+    installed or (for BF16) the CPU has no native BF16, before anything loads."""
+    from bevdeploy.runtime.backends.base import INFERENCE_PRECISIONS
+
+    if inference_precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"unknown inference precision {inference_precision!r}; known: "
+                          f"{list(INFERENCE_PRECISIONS)}", field="--inference-precision")
+    if inference_precision != "fp32" and backend not in ("openvino", AUTO_BACKEND):
+        raise ConfigError(f"--inference-precision {inference_precision} is the CPU backends' "
+                          f"(OpenVINO's BF16); the {backend} backend "
+                          + ("takes its precision from --gpu-config"
+                             if backend in ("torch-cuda", "tensorrt") else "has none"),
+                          field="--inference-precision")
+    if backend == "openvino":
+        from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason, import_openvino
+
+        import_openvino()  # a ConfigError saying how to install it
+        if inference_precision == "bf16":
+            reason = bf16_unavailable_reason()
+            if reason is not None:
+                raise ConfigError(reason, field="--inference-precision")
 
 
 class _Closing:
@@ -111,18 +172,23 @@ class PackageDetector(_Closing):
     def __init__(self, package: DeployPackage, options: DetectorOptions, *,
                  threads: int | None) -> None:
         from bevdeploy.runtime import Pipeline
+        from bevdeploy.runtime.backends import RunnerOptions
         from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
 
+        options = options.for_package(package)
         if options.backend in GPU_BACKENDS:
             config = options.gpu_config or GpuConfig()
             self.pipeline = Pipeline(package, backend=options.backend, threads=threads,
                                      runner_options=config.options(threads),
                                      schedule=config.schedule())
         else:
+            runner_options = RunnerOptions(threads=threads,
+                                           inference_precision=options.inference_precision)
             self.pipeline = Pipeline(package, backend=options.backend, threads=threads,
-                                     schedule=options.schedule)
+                                     schedule=options.schedule, runner_options=runner_options)
         self.package = package
         self.preset = self.pipeline.preset
+        self.options = options
         self.backend = options.backend
 
     @property
@@ -165,7 +231,8 @@ def open(model: str | Path | DeployPackage | Preset, *,  # noqa: A001 (bevdeploy
          backend: str | None = None, checkpoint: str | Path | None = None,
          threads: int | None = None, gpu_config: str | GpuConfig | None = None,
          schedule: str = "sequential", seed: int = RANDOM_INIT_SEED, random_ok: bool = True,
-         fp16_points: bool = False) -> PackageDetector | ReferenceDetector:
+         fp16_points: bool = False,
+         inference_precision: str = "fp32") -> PackageDetector | ReferenceDetector:
     """A detector for ``model``: a deploy package (a ``DeployPackage`` or its directory) on
     ``backend``, or a preset (a ``Preset``, a registered name or a YAML path) as the PyTorch
     reference.
@@ -175,6 +242,9 @@ def open(model: str | Path | DeployPackage | Preset, *,  # noqa: A001 (bevdeploy
     says so; the caller warns), else a ``ConfigError`` asking for ``--checkpoint``.
     ``fp16_points`` rounds the reference's points through float16 first, as the published
     numbers did. ``checkpoint`` with a package is refused: a package carries its weights.
+    ``inference_precision`` is the CPU backends' (``bf16``: OpenVINO's, where the CPU has it);
+    ``backend="auto"`` picks ONNX Runtime or OpenVINO for the package on this CPU (the
+    detector's ``options`` then hold the choice and its reason).
     """
     target: Any = model
     if isinstance(target, (str, Path)) and Path(target).is_dir():
@@ -185,7 +255,7 @@ def open(model: str | Path | DeployPackage | Preset, *,  # noqa: A001 (bevdeploy
         target = get_preset(str(target))
     is_package = isinstance(target, DeployPackage)
     options = check_options(package=is_package, backend=backend, schedule=schedule,
-                            gpu_config=gpu_config)
+                            gpu_config=gpu_config, inference_precision=inference_precision)
     if is_package:
         if checkpoint is not None:
             raise ConfigError("a deploy package carries its own weights; --checkpoint is the "

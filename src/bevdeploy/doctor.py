@@ -3,7 +3,7 @@
 Versions come from package metadata so that asking does not import heavy packages; only the
 CUDA, Triton and TensorRT probes import what they must to give an honest answer. The last rows
 say, per inference backend (``--backend`` of infer / eval / bench), whether it can run here and,
-if not, what is missing.
+if not, what is missing, and what ``--backend auto`` picks on this CPU for each kind of package.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ PACKAGES: tuple[tuple[str, str], ...] = (
     ("numpy", "numpy"),
     ("onnx", "onnx"),
     ("onnxruntime", "onnxruntime"),
+    ("openvino", "openvino"),
     ("torch", "torch"),
     ("spconv", "spconv"),
     ("numba", "numba"),
@@ -95,7 +96,8 @@ def backend_checks(cuda: Check, triton: Check, tensorrt: Check) -> list[Check]:
     """One row per ``--backend``: usable here, or the first missing piece. Both GPU backends
     run under the CUDA schedule, whose kernels (BEV pooling at least) are Triton's."""
     rows = [Check("backend onnxruntime", _version("onnxruntime") is not None,
-                  "CPU execution provider" if _version("onnxruntime") else "not installed")]
+                  "CPU execution provider" if _version("onnxruntime") else "not installed"),
+            openvino_check()]
     if not cuda.ok:
         rows.append(Check("backend torch-cuda", False, f"needs CUDA torch: {cuda.detail}"))
     elif not triton.ok:
@@ -113,7 +115,40 @@ def backend_checks(cuda: Check, triton: Check, tensorrt: Check) -> list[Check]:
     else:
         trt = Check("backend tensorrt", True, f"{tensorrt.detail}; engines from `bevdeploy "
                     "build` run only on this GPU and TensorRT version")
-    return [*rows, trt]
+    return [*rows, trt, auto_check()]
+
+
+def openvino_check() -> Check:
+    """The second CPU backend (the ``openvino`` extra): installed, and what its CPU plugin says
+    this CPU can do (BF16 inference precision needs ``BF16`` there)."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.runtime.backends.openvino import capabilities
+
+    try:
+        caps = capabilities()
+    except ConfigError as exc:
+        return Check("backend openvino", False, str(exc))
+    except RuntimeError as exc:  # installed, but its CPU plugin does not start
+        return Check("backend openvino", False, f"the CPU plugin does not load: {exc}")
+    return Check("backend openvino", True, f"CPU plugin, capabilities {' '.join(caps)}")
+
+
+def auto_check() -> Check:
+    """What ``--backend auto`` picks on this CPU for an FP32 package, an INT8 package and BF16
+    inference precision (``runtime.backends.auto``), each with its reason."""
+    from bevdeploy.errors import ConfigError
+    from bevdeploy.runtime.backends.auto import choose_backend
+
+    parts = []
+    for label, precisions, inference in (("fp32 package", ["fp32"], "fp32"),
+                                         ("int8 package", ["int8", "fp32"], "fp32"),
+                                         ("bf16", ["fp32"], "bf16")):
+        try:
+            choice = choose_backend(precisions, inference)
+            parts.append(f"{label} → {choice.backend} ({choice.reason})")
+        except ConfigError as exc:
+            parts.append(f"{label} → refused ({exc})")
+    return Check("backend auto", True, "; ".join(parts))
 
 
 def cpu_checks() -> list[Check]:

@@ -222,14 +222,16 @@ class FramePool(Protocol):
 
 def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Sequence[Sink], *,
                on_error: OnError = OnError.stop, console: Console | None = None,
-               description: str = "frames") -> tuple[FrameLoop, list[Path]]:
+               description: str = "frames",
+               backend: Mapping[str, Any] | None = None) -> tuple[FrameLoop, list[Path]]:
     """The flow of every multi-frame command: each frame of ``source`` loaded, run through
     ``detector`` and handed to every sink, under ``on_error``; then every sink closed with the
     run record, whatever ended the run (so the finished frames are written), and the loop and
     the paths written returned. The caller ends the command with ``loop.raise_if_ended()``.
     A streaming source (``data.streams.FrameStream``, e.g. a ROS 2 bag) is read in order.
     Every camera a finished frame ran without (``Frame.dropped``) is listed in the run record
-    under ``camera_dropouts``."""
+    under ``camera_dropouts``; ``backend`` (what ran the frames: name, inference precision,
+    ``auto``'s reason; ``DetectorOptions.record``) under ``backend``."""
     from bevdeploy.data.streams import FrameStream, InOrder
 
     if isinstance(source, FrameStream):
@@ -253,6 +255,7 @@ def run_frames(source: FrameSource, detector: Detector | FramePool, sinks: Seque
                          "reason": reason} for camera, reason in frame.dropped.items())
 
     loop.run(one_frame)
-    record = {**loop.to_dict(), **({"camera_dropouts": dropouts} if dropouts else {}),
+    record = {**loop.to_dict(), **({"backend": dict(backend)} if backend is not None else {}),
+              **({"camera_dropouts": dropouts} if dropouts else {}),
               **(pool.record() if pool is not None else {})}
     return loop, [path for sink in sinks for path in sink.close(record)]

@@ -47,9 +47,16 @@ DataRootOpt = Annotated[Optional[Path], typer.Option(
 # ---- what runs
 PackageOpt = Annotated[Optional[Path], typer.Option(
     help="Deploy package: run the torch-free runtime (ONNX Runtime on the CPU by default).")]
-BackendOpt = Annotated[Optional[str], typer.Option(
-    help="onnxruntime (the default with --package), torch-cuda or tensorrt (GPU, with "
-         "--package) or torch (the PyTorch reference, the default without).")]
+BACKEND_HELP = ("onnxruntime (the default with --package), openvino (CPU, the [openvino] "
+                "extra), auto (onnxruntime or openvino for the package on this CPU: printed and "
+                "recorded with its reason), torch-cuda or tensorrt (GPU, with --package) or "
+                "torch (the PyTorch reference, the default without).")
+INFERENCE_PRECISION_HELP = ("What the CPU backend computes the package's float parts in: fp32 "
+                            "(the package as it is; INT8 layers stay INT8), or bf16 (openvino "
+                            "or auto, on a CPU with AVX-512 BF16 or AMX; recorded in the "
+                            "outputs).")
+BackendOpt = Annotated[Optional[str], typer.Option(help=BACKEND_HELP)]
+InferencePrecisionOpt = Annotated[str, typer.Option(help=INFERENCE_PRECISION_HELP)]
 PresetOpt = Annotated[str, typer.Option(help="Preset name or YAML path (the torch backend's; a "
                                           "package carries its own).")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option(

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from bevdeploy.cli._app import claim_output, command, console, err_console
-from bevdeploy.cli._options import (GPU_CONFIG_HELP, DataOpt, JsonOutOpt, OverwriteOpt, SplitOpt,
-                                    ThreadsOpt, VersionOpt, WideOpt)
+from bevdeploy.cli._options import (GPU_CONFIG_HELP, DataOpt, InferencePrecisionOpt, JsonOutOpt,
+                                    OverwriteOpt, SplitOpt, ThreadsOpt, VersionOpt, WideOpt)
 
 @command()
 def train(data: Path = typer.Option(..., help="nuScenes-format dataset root (e.g. from synth)."),
@@ -84,7 +84,9 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
                 wide: WideOpt = False,
                 threads: ThreadsOpt = None,
                 backend: str = typer.Option("onnxruntime", help="Deployed side: onnxruntime, "
-                                            "torch-cuda or tensorrt."),
+                                            "openvino, auto (one of the two for the package on "
+                                            "this CPU), torch-cuda or tensorrt."),
+                inference_precision: InferencePrecisionOpt = "fp32",
                 gpu_config: Optional[str] = typer.Option(None, help=GPU_CONFIG_HELP + " A "
                                                          "precision other than fp32 selects "
                                                          "its limits unless --precision is "
@@ -99,10 +101,13 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
     from bevdeploy.frame_loop import FrameLoop
     from bevdeploy.io import atomic_write
     from bevdeploy.package import load_package
+    from bevdeploy.runtime.backends import RunnerOptions
     from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig
     from bevdeploy.tables import print_report
 
-    gpu = detector.check_options(package=True, backend=backend, gpu_config=gpu_config).gpu_config
+    options = detector.check_options(package=True, backend=backend, gpu_config=gpu_config,
+                                     inference_precision=inference_precision)
+    gpu = options.gpu_config
     if gpu is None and backend in GPU_BACKENDS:
         gpu = GpuConfig()
     if precision is None and gpu is not None and gpu.precision != "fp32":
@@ -110,16 +115,23 @@ def compare_cmd(package: Path = typer.Option(..., help="Deploy package to check.
             raise ConfigError("compare has no bf16 limits (an 8-bit mantissa); choose the "
                               "limits with --precision fp16 or int8", field="--precision")
         precision = gpu.precision
+    if precision is None and inference_precision == "bf16":
+        raise ConfigError("compare has no bf16 limits (an 8-bit mantissa); choose the limits "
+                          "with --precision fp16 or int8", field="--precision")
     tolerances = Tolerances.for_precision(precision) if precision else None
     saved = None if save is None else claim_output(save, overwrite=overwrite, flag="--save")
     pkg = load_package(package)
+    options = options.for_package(pkg)
+    if options.backend != "onnxruntime" or options.choice is not None:
+        err_console.print(options.line(), highlight=False, soft_wrap=True)
     source = DatasetSource(data, pkg.preset, version=version, split=split, limit=frames)
     loop = FrameLoop(len(source), label=source.label, console=err_console,
                      description=f"compare on {split}")
     report = compare(package, checkpoint, loop.results(source.__getitem__),
                      tolerances=tolerances, save=None if saved is None else saved.staging,
-                     backend=backend, threads=threads,
-                     runner_options=gpu.options(threads) if gpu else None,
+                     backend=options.backend, threads=threads,
+                     runner_options=gpu.options(threads) if gpu else RunnerOptions(
+                         threads=threads, inference_precision=options.inference_precision),
                      schedule=gpu.schedule() if gpu else "sequential")
     if saved is not None:  # pass or fail: the tensors are the evidence either way
         report.saved = [saved.final(f) for f in report.saved]

@@ -9,7 +9,7 @@ model loads, so that a bad flag or a bad file fails in milliseconds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -17,7 +17,8 @@ from bevdeploy.cli._distributed import open_detector, ray_options
 from bevdeploy.cli._progress import say_if_compiling
 from bevdeploy.cli._app import claim_output, console, command, err_console, finish, warn
 from bevdeploy.cli._options import (BackendOpt, BagOpt, CheckpointOpt, ErrorPolicyOpt,
-                                    GpuConfigOpt, KeepAllOpt, LimitOpt, PackageOpt, PresetOpt,
+                                    GpuConfigOpt, InferencePrecisionOpt, KeepAllOpt, LimitOpt,
+                                    PackageOpt, PresetOpt,
                                     ScheduleOpt, ScoreThresholdOpt, SplitOpt, SyncSlopOpt,
                                     ThreadsOpt, TopicsOpt, VersionOpt)
 from bevdeploy.cli._options import OverwriteOpt, WideOpt
@@ -27,6 +28,10 @@ from bevdeploy.cli._options import OnMissingCameraOpt
 from bevdeploy.cli._dropout import camera_dropout
 from bevdeploy.data.camera_dropout import OnMissingCamera
 from bevdeploy.frame_loop import OnError
+
+if TYPE_CHECKING:
+    from bevdeploy.detector import DetectorOptions
+    from bevdeploy.package import DeployPackage
 
 
 def _say_weights(detector: Any) -> None:
@@ -42,6 +47,17 @@ def _say_weights(detector: Any) -> None:
     report = weights.report
     console.print(report.summary() if report.ok and not report.notes else report.table(),
                   soft_wrap=True)
+
+
+def _say_backend(options: DetectorOptions, package: DeployPackage | None) -> DetectorOptions:
+    """``options`` with ``auto`` resolved for ``package``; a CPU backend other than the default
+    is said on the console (which one, and for ``auto`` why), so a log shows what ran."""
+    if package is None:
+        return options
+    options = options.for_package(package)
+    if options.backend != "onnxruntime" or options.choice is not None:
+        err_console.print(options.line(), highlight=False, soft_wrap=True)
+    return options
 
 
 @command()
@@ -96,6 +112,7 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
                                    "checkpoint exists."),
           gpu_config: GpuConfigOpt = None,
           schedule: ScheduleOpt = "sequential",
+          inference_precision: InferencePrecisionOpt = "fp32",
           on_error: ErrorPolicyOpt = OnError.stop,
           on_missing_camera: OnMissingCameraOpt = OnMissingCamera.error,
           overwrite: OverwriteOpt = False,
@@ -144,8 +161,10 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     staging = target.staging
     assert staging is not None
     options = detector.check_options(package=package is not None, backend=backend,
-                                     schedule=schedule, gpu_config=gpu_config)
+                                     schedule=schedule, gpu_config=gpu_config,
+                                     inference_precision=inference_precision)
     pkg = load_package(package) if package is not None else None
+    options = _say_backend(options, pkg)
     p = pkg.preset if pkg is not None else get_preset(preset)
     if single:
         assert pcd is not None and calib is not None
@@ -184,13 +203,15 @@ def infer(out: Path = typer.Option(..., help="Output directory (detections.json,
     with open_detector(pkg if pkg is not None else p, cluster, source, keep_sensors=render,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,
                        gpu_config=options.gpu_config, schedule=options.schedule, seed=seed,
-                       fp16_points=fp16_points) as model:
+                       fp16_points=fp16_points,
+                       inference_precision=options.inference_precision) as model:
         _say_weights(model)
         if cluster is None:
             say_if_compiling(err_console, options.backend)
         loop, written = run_frames(source, model, sinks, on_error=on_error,
                                    console=err_console,
-                                   description=f"{options.backend} inference")
+                                   description=f"{options.backend} inference",
+                                   backend=options.record())
     written = [target.final(w) for w in written]
     target.commit()  # the finished frames, whatever ended the run
     if timings.frames:
@@ -222,6 +243,7 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dat
              threads: ThreadsOpt = None,
              gpu_config: GpuConfigOpt = None,
              schedule: ScheduleOpt = "sequential",
+             inference_precision: InferencePrecisionOpt = "fp32",
              on_error: ErrorPolicyOpt = OnError.stop,
              on_missing_camera: OnMissingCameraOpt = OnMissingCamera.error,
              drop_camera: Optional[list[str]] = typer.Option(
@@ -262,8 +284,10 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dat
                              ray=ray)
     target = claim_output(out, overwrite=overwrite)
     options = detector.check_options(package=package is not None, backend=backend,
-                                     schedule=schedule, gpu_config=gpu_config)
+                                     schedule=schedule, gpu_config=gpu_config,
+                                     inference_precision=inference_precision)
     pkg = load_package(package) if package is not None else None
+    options = _say_backend(options, pkg)
     p = pkg.preset if pkg is not None else get_preset(preset)
     if bag is not None:  # the bag's sweeps stamped as samples of the split, scored on --data
         from bevdeploy.cli.bag import dataset_keys, open_bag
@@ -290,14 +314,16 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, help="nuScenes-format dat
     with open_detector(pkg if pkg is not None else p, cluster, source,
                        backend=options.backend, checkpoint=checkpoint, threads=threads,
                        gpu_config=options.gpu_config, schedule=options.schedule,
-                       random_ok=False) as model:
+                       random_ok=False,
+                       inference_precision=options.inference_precision) as model:
         _say_weights(model)
         metrics.plots = plots
         if cluster is None:
             say_if_compiling(err_console, options.backend)
         loop, written = run_frames(source, model, [metrics], on_error=on_error,
                                    console=err_console,
-                                   description=f"{options.backend} on {split}")
+                                   description=f"{options.backend} on {split}",
+                                   backend=options.record())
     written = [target.final(w) for w in written]
     if written:  # a stopped run writes no metrics: the previous output stays as it was
         target.commit()

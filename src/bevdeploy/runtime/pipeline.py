@@ -48,6 +48,7 @@ from bevdeploy.errors import ConfigError
 from bevdeploy.package import DeployPackage, load_package
 from bevdeploy.presets import Preset
 from bevdeploy.runtime.backends import Runner, RunnerOptions, create_runner
+from bevdeploy.runtime.backends.auto import AUTO, choose_for_package
 from bevdeploy.runtime.backends.base import OptimizationLevel
 from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig, GpuOptions
 from bevdeploy.runtime.frame_checks import check_frame, frame_label, name_failure
@@ -103,6 +104,8 @@ class Pipeline:
     backend); by default ``sequential``, and for a GPU backend on a CUDA device the
     ``CudaSchedule`` of its options (two streams, the frame's kernels on the device), so that
     the fast path is the one a plain ``Pipeline(pkg, backend="torch-cuda")`` takes.
+    ``backend="auto"`` picks ONNX Runtime or OpenVINO for the package on this CPU
+    (``backends.auto``): ``backend`` then names the one picked and ``backend_choice`` says why.
     Not thread-safe: one frame (or one stream) at a time per instance (the geometry cache and
     the timings are per instance). ``close`` (or a ``with`` block) stops the worker thread of
     ``branches``; it is also stopped when the pipeline is garbage-collected.
@@ -122,6 +125,10 @@ class Pipeline:
         self.package = package if isinstance(package, DeployPackage) else load_package(package)
         pkg = self.package
         self.preset: Preset = pkg.preset
+        self.backend_choice: str | None = None
+        if backend == AUTO:
+            choice = choose_for_package(pkg, options.inference_precision)
+            backend, self.backend_choice = choice.backend, choice.reason
         self.backend = backend
         self.threads = threads
         self.runners: dict[str, Runner] = {

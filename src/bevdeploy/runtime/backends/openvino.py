@@ -13,6 +13,12 @@ ONNX parse error rather than every frontend's guess) and compiled once for ``"CP
   transformations fold each QuantizeLinear/DequantizeLinear pair around a convolution into an
   INT8 kernel (VNNI/AMX where the CPU has them); what the package keeps in float runs at the
   inference precision above.
+* ``CPU_DENORMALS_OPTIMIZATION``: subnormal floats are flushed to zero. The camera BEV grid
+  holds many (depth probabilities from the softmax's tails times features: 2 % of the r50
+  vtransform's input on a synthetic frame), and FP32 convolutions over subnormals ran 3.5×
+  slower (docs/bench/notes.md#openvino-vs-onnx-runtime-on-the-cpu); flushing changes only
+  values below 1.2e-38. OpenVINO sets the flush mode on the thread that compiles the model too
+  (measured), so the numba kernels on that thread then flush subnormals as well.
 * ``PERFORMANCE_HINT=LATENCY`` with one stream: one frame at a time, each module on every
   thread it is given (``RunnerOptions.threads`` → ``INFERENCE_NUM_THREADS``; unset: the
   plugin's choice, every core). ``optimization`` and ``spinning`` are ONNX Runtime's knobs:
@@ -97,6 +103,7 @@ def compile_config(options: RunnerOptions) -> dict[str, Any]:
         if reason is not None:
             raise ConfigError(reason, field="--inference-precision")
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
+                              "CPU_DENORMALS_OPTIMIZATION": True,
                               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     if options.threads is not None:
         config["INFERENCE_NUM_THREADS"] = options.threads
