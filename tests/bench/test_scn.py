@@ -25,6 +25,18 @@ def test_benchmark_reports_times_floor_and_agreement():
     assert report["spconv_1_thread_median_s"] > 0
     assert report["floor_s"] == pytest.approx(report["conv_macs"] / report["gemm_macs_per_s"])
     assert report["conv_macs"] > 0 and "rulebook:subm1" in report["stage_median_s"]
+    layers = report["layers"]
+    assert sum(layer["macs"] for layer in layers.values()) == report["conv_macs"]
+    assert report["conv_median_s"] == pytest.approx(sum(layer["median_s"]
+                                                        for layer in layers.values()))
+    assert report["conv_share_of_peak"] == pytest.approx(
+        report["floor_s"] / report["conv_median_s"])
+    bf16 = report["bf16"]
+    if "unavailable" in bf16:  # no openvino, or no native BF16 on this CPU: the reason is said
+        assert "BF16" in bf16["unavailable"] or "openvino" in bf16["unavailable"].lower()
+    else:  # the tiny SCN is at most 32 channels wide: every conv stays FP32, the map equal
+        assert bf16["convs"] == [] and set(bf16["layers"]) == set(layers)
+        assert bf16["vs_fp32"]["cosine"] >= MIN_COSINE and bf16["median_s"] > 0
 
 
 @pytest.mark.slow

@@ -11,7 +11,12 @@ norm statistics (so every layer's output is non-trivial), exported in memory as 
 the executor reads. spconv runs on one thread, its only correct CPU mode (the encoder's
 forward enforces it, see ``bevdeploy.model.lidar.sparse_encoder.cpu_single_thread``); the
 executor runs on every numba thread. The floor is the convs' multiply-adds (rulebook pairs × C_in × C_out) over this
-machine's float32 GEMM rate (a large ``np.matmul``).
+machine's float32 GEMM rate (a large ``np.matmul``); each conv's share of that rate (useful
+multiply-adds over its time) says how near the kernel runs to GEMM speed, layer by layer.
+
+Where OpenVINO and a CPU with native BF16 exist, the executor's ``precision="bf16"`` variant
+(``bevdeploy.runtime.scn.bf16``) is timed in the same run, with its agreement to the FP32 map;
+elsewhere the report says why it was not.
 
 This module compares against the PyTorch reference, so it needs the ``export`` extra; torch,
 spconv and the model are imported inside the function, so importing this module needs none of
@@ -30,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from bevdeploy.errors import ConfigError
 from bevdeploy.presets import Preset, get_preset
 from bevdeploy.bench.kernels import measure_rates
 from bevdeploy.runtime.scn import ScnExecutor
@@ -81,6 +87,45 @@ def synthetic_voxels(preset: Preset, num_voxels: int, seed: int
     return (feats[:keep].numpy(), coords[:keep, 1:].numpy().astype(np.int32), density)
 
 
+def _agreement(output: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    diff = float(np.abs(output - reference).max())
+    cosine = float(np.dot(output.ravel(), reference.ravel())
+                   / (np.linalg.norm(output) * np.linalg.norm(reference)))
+    return {"max_abs_diff": diff, "relative_max_abs_diff": diff / float(np.abs(reference).max()),
+            "cosine": cosine}
+
+
+def _conv_rates(stage_s: dict[str, float], macs: dict[str, int], rate: float
+                ) -> dict[str, dict[str, float]]:
+    """Per conv: useful multiply-adds, median seconds and the share of the GEMM rate reached."""
+    return {name: {"macs": m, "median_s": stage_s[name], "share_of_peak": m / rate / stage_s[name]}
+            for name, m in macs.items()}
+
+
+def _bf16_variant(fp32: ScnExecutor, feats: np.ndarray, coords: np.ndarray,
+                  fp32_output: np.ndarray, macs: dict[str, int], rate: float, warmup: int,
+                  repeats: int) -> dict[str, Any]:
+    """The executor with ``precision="bf16"`` timed like the FP32 one, or why it cannot run."""
+    try:
+        executor = ScnExecutor(fp32.graph, threads=fp32.threads, precision="bf16")
+    except ConfigError as exc:
+        return {"unavailable": str(exc)}
+    recorded: dict[str, list[float]] = {}
+
+    def run() -> None:
+        executor.run(feats, coords)
+        for name, seconds in executor.last_timings.items():
+            recorded.setdefault(name, []).append(seconds)
+
+    wall, _ = _timed(run, warmup, repeats)
+    stage_s = {name: statistics.median(times[-repeats:]) for name, times in recorded.items()}
+    conv_s = sum(stage_s[name] for name in macs)
+    return {"convs": sorted(executor.bf16_convs), "median_s": statistics.median(wall),
+            "conv_median_s": conv_s, "conv_share_of_fp32_peak": sum(macs.values()) / rate / conv_s,
+            "layers": _conv_rates(stage_s, macs, rate),
+            "vs_fp32": _agreement(executor.run(feats, coords), fp32_output)}
+
+
 def benchmark_encoder(preset: Preset, seed: int) -> Any:
     """The preset's SparseEncoder (eval mode) with seeded random weights and random batch-norm
     statistics, so that every layer's output is non-trivial."""
@@ -110,8 +155,10 @@ def scn_benchmark(preset_name: str, num_voxels: int, seed: int = 0, *, warmup: i
     Returns a JSON-ready dict: the voxel set, median and best wall times of both (seconds),
     wall and CPU medians of both on one thread (spconv's footing; the CPU-time ratio is the
     comparison a loaded machine does not distort), the speed-ups, the executor's per-stage
-    medians, total multiply-adds, the measured GEMM rate and the floor it implies, and the
-    agreement of the two outputs.
+    medians, total multiply-adds, the measured GEMM rate and the floor it implies, the convs'
+    time and share of that rate in all and per conv (``layers``), the agreement of the two
+    outputs, and the BF16 variant (``bf16``: its times, convs and agreement with FP32, or
+    ``unavailable``: why not).
     """
     import torch
 
@@ -143,11 +190,12 @@ def scn_benchmark(preset_name: str, num_voxels: int, seed: int = 0, *, warmup: i
         theirs, theirs_cpu = _timed(lambda: encoder(feats_t, coords_t, 1), 1,
                                     max(3, repeats // 2))
 
-    macs = sum(executor.conv_macs(coords).values())
+    per_conv = executor.conv_macs(coords)
+    macs = sum(per_conv.values())
     rate = measure_rates().gemm_macs_per_s
-    diff = float(np.abs(output - reference).max())
-    cosine = float(np.dot(output.ravel(), reference.ravel())
-                   / (np.linalg.norm(output) * np.linalg.norm(reference)))
+    stage_s = {name: statistics.median(t) for name, t in stage_times.items()}
+    conv_s = sum(stage_s[name] for name in per_conv)
+    agreement = _agreement(output, reference)
     return {
         "preset": preset.name,
         "num_voxels": len(coords),
@@ -164,13 +212,15 @@ def scn_benchmark(preset_name: str, num_voxels: int, seed: int = 0, *, warmup: i
         "speedup_median": statistics.median(theirs) / statistics.median(ours),
         "speedup_1_thread_cpu_median": (statistics.median(theirs_cpu)
                                         / statistics.median(ours_single_cpu)),
-        "stage_median_s": {name: statistics.median(t) for name, t in stage_times.items()},
+        "stage_median_s": stage_s,
         "conv_macs": macs,
         "gemm_macs_per_s": rate,
         "floor_s": macs / rate,
-        "max_abs_diff": diff,
-        "relative_max_abs_diff": diff / float(np.abs(reference).max()),
-        "cosine": cosine,
+        "conv_median_s": conv_s,
+        "conv_share_of_peak": macs / rate / conv_s,
+        "layers": _conv_rates(stage_s, per_conv, rate),
+        **agreement,
+        "bf16": _bf16_variant(executor, feats, coords, output, per_conv, rate, warmup, repeats),
     }
 
 
