@@ -69,6 +69,12 @@ def test_a_package_takes_no_checkpoint(trained_tiny_package):
     ({"package": True, "backend": "torch"}, "--backend", "drop it to use the torch backend"),
     ({"package": False, "backend": "onnxruntime"}, "--backend", "give --package"),
     ({"package": True, "gpu_config": "fp16"}, None, "not 'onnxruntime'"),
+    ({"package": True, "backend": "tensorflow"}, "--backend", "unknown backend"),
+    ({"package": False, "backend": "auto"}, "--backend", "give --package"),
+    ({"package": True, "inference_precision": "fp8"}, "--inference-precision", "unknown"),
+    ({"package": True, "inference_precision": "bf16"}, "--inference-precision", "has none"),
+    ({"package": True, "backend": "torch-cuda", "inference_precision": "bf16"},
+     "--inference-precision", "--gpu-config"),
 ])
 def test_options_are_refused_before_anything_loads(kwargs, field, says):
     with pytest.raises(ConfigError) as err:
@@ -84,3 +90,22 @@ def test_options_default_to_the_runtime_for_a_package_and_the_reference_without(
     options = detector.check_options(package=True, backend="torch-cuda",
                                      gpu_config="fp16+graph")
     assert options.gpu_config is not None and options.gpu_config.precision == "fp16"
+
+
+def test_openvino_and_auto_open_a_package_on_a_cpu_backend(trained_tiny_package, frame):
+    """``openvino`` detects what ONNX Runtime does (FP32: the same boxes to float rounding);
+    ``auto`` resolves to one of the two with its reason (an FP32 package: ONNX Runtime)."""
+    pytest.importorskip("openvino")
+    expected = Pipeline(trained_tiny_package, threads=1).run(frame)
+    with detector.open(trained_tiny_package, backend="openvino", threads=1) as deployed:
+        assert deployed.backend == "openvino" and deployed.options.choice is None
+        found = deployed(frame)
+    assert len(found) == len(expected) > 0
+    np.testing.assert_array_equal(found.labels, expected.labels)
+    np.testing.assert_allclose(found.boxes, expected.boxes, atol=1e-3, rtol=1e-4)
+    with detector.open(trained_tiny_package, backend="auto", threads=1) as chosen:
+        assert chosen.backend == "onnxruntime" == chosen.pipeline.backend
+        assert chosen.options.record() == {"name": "onnxruntime", "inference_precision": "fp32",
+                                           "auto_choice": chosen.options.choice}
+        assert "FP32" in chosen.options.line() and chosen.options.line().startswith(
+            "backend auto → onnxruntime")
