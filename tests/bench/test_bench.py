@@ -69,9 +69,16 @@ def test_bench_measures_the_peaks_and_floors_the_deployed_variant(bench_run):
     assert deployed["module_precisions"] == dict.fromkeys(DENSE_MODULES, "fp32")
     terms = {t["part"]: t for t in floor["terms"]}
     macs = data["dense_macs"]["tiny"]
+    mixes = data["mac_mixes"][deployed["package"]]
+    ort_fp32 = {kind: max(r["gflops"] for r in peaks["rates"] if (
+        r["engine"], r["precision"], r["kind"]) == ("onnxruntime", "fp32", kind))
+        for kind in ("conv", "matmul")}
+    assert set(mixes["head.bbox"]) == {"conv float", "matmul float"}  # convs and the decoder
     for module in DENSE_MODULES:
-        assert terms[module]["floor_ms"] == pytest.approx(
-            2e3 * macs[module] / (peaks["peak_gflops"]["onnxruntime fp32"] * 1e9), rel=REL)
+        assert sum(mixes[module].values()) == pytest.approx(1.0, rel=REL)
+        seconds = sum(share * 2 * macs[module] / (ort_fp32[key.split()[0]] * 1e9)
+                      for key, share in mixes[module].items())
+        assert terms[module]["floor_ms"] == pytest.approx(1e3 * seconds, rel=REL)
         assert terms[module]["measured_ms"] == deployed["stages"][module]["median_ms"]
     assert terms["scn"]["floor_ms"] == pytest.approx(
         2e3 * data["scn_macs"]["tiny"] / (peaks["peak_gflops"]["scipy fp32"] * 1e9), rel=REL)

@@ -18,7 +18,7 @@ def _peaks(**gflops: float) -> Peaks:
     for key, rate in gflops.items():
         engine, precision = key.rsplit("_", 1)
         ms = 2 * MATMUL / (rate * 1e9) * 1e3
-        rates.append(PeakRate(engine, precision, "MatMul", MATMUL, ms, ms, 3))
+        rates.append(PeakRate(engine, precision, "matmul", "MatMul", MATMUL, ms, ms, 3))
     return Peaks(rates=rates)
 
 

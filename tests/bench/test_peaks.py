@@ -16,7 +16,7 @@ from bevdeploy.bench.machine import blas_libraries, isa_overrides, override_warn
 from bevdeploy.bench.peak_graphs import problem_graphs
 from bevdeploy.bench.peaks import MIN_RUNS, PeakRate, Peaks, Sizes, best_of, measure_peaks
 
-SMALL = Sizes(n=64, channels=8, hw=12)
+SMALL = Sizes(n=64, channels=8, hw=12, layers=2)
 
 
 def test_every_engine_gives_finite_positive_rates_on_small_problems() -> None:
@@ -29,7 +29,8 @@ def test_every_engine_gives_finite_positive_rates_on_small_problems() -> None:
         assert (("openvino", "bf16") in keys) != ("openvino bf16" in peaks.skipped)
     for rate in peaks.rates:
         assert rate.runs >= MIN_RUNS and 0 < rate.best_ms <= rate.median_ms
-        assert rate.macs in (SMALL.matmul_macs, SMALL.conv_macs)
+        assert rate.macs in (SMALL.n ** 3, SMALL.matmul_macs, SMALL.conv_macs)
+        assert rate.kind in ("matmul", "conv")
         assert math.isfinite(rate.gflops) and rate.gflops == pytest.approx(
             2 * rate.macs / (rate.median_ms * 1e-3) / 1e9)
     for engine, precision in keys:
@@ -61,13 +62,14 @@ def test_the_qdq_problems_compute_what_the_float_ones_do() -> None:
         ref, q = outputs[kind, "fp32"].ravel(), outputs[kind, "int8"].ravel()
         assert np.abs(ref).max() > 0.5  # not a vanishing output
         cosine = float(ref @ q / np.linalg.norm(ref) / np.linalg.norm(q))
-        assert cosine > 0.99, (kind, cosine)
-        assert np.abs(ref - q).max() < 0.1, kind  # a few output quantisation steps (8/255)
+        assert cosine > 0.995, (kind, cosine)
+        # two layers of 8-bit activations (steps of 4/255) and 7-bit weights
+        assert np.abs(ref - q).max() < 0.25, kind
 
 
 def test_best_of_keeps_the_faster_measurement_of_each_problem() -> None:
     def rate(kernel: str, ms: float) -> PeakRate:
-        return PeakRate("numpy", "fp32", kernel, 10**6, ms, ms, 3)
+        return PeakRate("numpy", "fp32", "matmul", kernel, 10**6, ms, ms, 3)
 
     first = Peaks([rate("a", 2.0), rate("b", 1.0)], {"openvino": "absent"})
     second = Peaks([rate("a", 1.0), rate("b", 3.0)])

@@ -15,14 +15,14 @@ from bevdeploy.bench.peaks import PeakRate, Peaks
 GMAC = 10**9
 
 
-def _peak(engine: str, precision: str, gflops: float) -> PeakRate:
+def _peak(engine: str, precision: str, gflops: float, kind: str = "matmul") -> PeakRate:
     ms = 2 * GMAC / (gflops * 1e9) * 1e3  # one GMAC problem at this rate
-    return PeakRate(engine, precision, "MatMul", GMAC, ms, ms, 3)
+    return PeakRate(engine, precision, kind, f"{kind} problem", GMAC, ms, ms, 3)
 
 
 PEAKS = Peaks(rates=[_peak("numpy", "fp32", 400.0), _peak("scipy", "fp32", 200.0),
                      _peak("onnxruntime", "fp32", 100.0), _peak("onnxruntime", "int8", 400.0),
-                     _peak("onnxruntime", "int8", 250.0),  # the slower problem: not the peak
+                     _peak("onnxruntime", "int8", 250.0, "conv"),  # slower: not the peak
                      _peak("openvino", "fp32", 100.0)],
               skipped={"openvino bf16": "no BF16 here"})
 
@@ -122,28 +122,39 @@ def test_the_tables_show_the_floor_and_the_peaks() -> None:
     assert "BLAS: openblas" in text
 
 
-def test_an_int8_module_partly_float_is_floored_at_both_peaks() -> None:
+def test_a_module_is_floored_by_its_mix_of_layer_kinds_and_precisions() -> None:
     result = _result("onnxruntime", INT8, total_ms=250.0)
     report = _report(result)
-    report.int8_shares = {"p": {"head.bbox": 0.5, "fuser": None, "camera.backbone": 1.0}}
+    report.mac_mixes = {"p": {
+        "head.bbox": {"conv int8": 0.5, "matmul float": 0.5},
+        "fuser": {"conv int8": 1.0},
+        "camera.backbone": None,  # shapes unknown: all at int8's better problem
+        "camera.vtransform": {"conv float": 1.0}}}
     terms = {t.part: t for t in report.floor(result).terms}
-    # head: 0.25 GMAC at the INT8 peak 400 (1.25 ms) + 0.25 GMAC at fp32 100 (5 ms)
-    assert terms["head.bbox"].floor_ms == pytest.approx(1.25 + 5.0)
-    assert terms["head.bbox"].precision == "int8 50% + fp32"
-    assert terms["head.bbox"].peak_gflops == pytest.approx(2 * 0.5 / 6.25e-3)
-    assert terms["fuser"].floor_ms == pytest.approx(5.0)  # share unknown: all INT8
-    assert terms["camera.backbone"].floor_ms == pytest.approx(10.0)
+    # head: 0.25 GMAC of INT8 convs at the INT8 Conv peak 250 (2 ms) + 0.25 GMAC of float
+    # MatMul at fp32 100 (5 ms)
+    assert terms["head.bbox"].floor_ms == pytest.approx(2.0 + 5.0)
+    assert terms["head.bbox"].precision == "int8 50% + fp32 50%"
+    assert terms["head.bbox"].peak_gflops == pytest.approx(2 * 0.5 / 7e-3)
+    assert terms["fuser"].floor_ms == pytest.approx(8.0)  # 1 GMAC at the INT8 Conv 250
+    assert terms["fuser"].precision == "int8"
+    assert terms["camera.backbone"].floor_ms == pytest.approx(10.0)  # 2 GMAC at 400
+    # fp32 has no Conv problem here: its better problem (the MatMul) floors it
+    assert terms["camera.vtransform"].floor_ms == pytest.approx(10.0)
 
 
-def test_the_int8_share_is_read_from_the_graph(tmp_path, trained_tiny_package) -> None:
-    from bevdeploy.bench.graph_macs import int8_mac_share
+def test_the_mix_is_read_from_the_graph(tmp_path, trained_tiny_package) -> None:
+    from bevdeploy.bench.graph_macs import mac_mix
     from bevdeploy.bench.peak_graphs import Sizes, problem_graphs
 
-    shares = {}
-    for problem in problem_graphs(Sizes(n=32, channels=4, hw=8)):
+    mixes = {}
+    for problem in problem_graphs(Sizes(n=32, channels=4, hw=8, layers=2)):
         path = tmp_path / f"{problem.kind}-{problem.precision}.onnx"
         path.write_bytes(problem.model)
-        shares[problem.kind, problem.precision] = int8_mac_share(path)
-    assert shares == {("matmul", "fp32"): 0.0, ("conv", "fp32"): 0.0,
-                      ("matmul", "int8"): 1.0, ("conv", "int8"): 1.0}
-    assert int8_mac_share(trained_tiny_package / "fuser.onnx") == 0.0
+        mixes[problem.kind, problem.precision] = mac_mix(path)
+    assert mixes == {("matmul", "fp32"): {"matmul float": 1.0},
+                     ("conv", "fp32"): {"conv float": 1.0},
+                     ("matmul", "int8"): {"matmul int8": 1.0},
+                     ("conv", "int8"): {"conv int8": 1.0}}
+    head = mac_mix(trained_tiny_package / "head.bbox.onnx")  # convs and the decoder's products
+    assert set(head) == {"conv float", "matmul float"} and sum(head.values()) == pytest.approx(1)

@@ -1,13 +1,15 @@
-"""How much of a quantized module's work is INT8: the share of its weighted layers' MACs
-whose operands come out of DequantizeLinear nodes (the QDQ form ``bevdeploy optimize --int8``
-writes, which the engines run as integer kernels).
+"""What a module's MACs are made of: the share of its weighted layers' MACs by layer kind
+(convolutions or matrix products) and by whether they are INT8 (both operands come out of
+DequantizeLinear nodes: the QDQ form ``bevdeploy optimize --int8`` writes, which the engines
+run as integer kernels).
 
-A module recorded as ``int8`` is rarely all INT8: layers the recipe or ``--exclude`` keep
-float, and a head whose convolutions are INT8 while its transformer decoder stays float. The
-roofline floors such a module with its INT8 MACs at the INT8 peak and the rest at the float
-peak, so the share is read from the graph itself, with ONNX's shape inference giving each
-layer's shapes; a layer whose shapes stay unknown makes the share unknown (the floor then
-takes the module as all INT8, a lower floor than the truth).
+The roofline floors each share at its own peak (``bench.peaks`` measures a Conv and a MatMul
+problem per engine and precision, and they differ: ONNX Runtime's u8s8 GEMM runs about twice
+its QLinearConv's rate). A module recorded as ``int8`` is rarely all INT8 either: layers the
+recipe or ``--exclude`` keep float, a head whose convolutions are INT8 while its transformer
+decoder stays float. So the shares are read from the graph itself, ONNX's shape inference
+giving each layer's shapes; a layer whose shapes stay unknown makes the mix unknown (the floor
+then takes the whole module at its recorded precision and its engine's better problem).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from pathlib import Path
 import onnx
 from onnx import NodeProto, shape_inference
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+KINDS = {"Conv": "conv", "ConvTranspose": "conv", "MatMul": "matmul", "Gemm": "matmul"}
 
 
-def int8_mac_share(path: str | Path) -> float | None:
-    """The share of the MACs of ``path``'s weighted layers (``WEIGHTED_OPS``) that are INT8
-    (both operands dequantized), or ``None`` when a layer's shapes cannot be inferred or the
-    graph has no weighted layer."""
+def mac_mix(path: str | Path) -> dict[str, float] | None:
+    """The shares of ``path``'s weighted-layer MACs (``KINDS``) by ``"<kind> int8"`` /
+    ``"<kind> float"`` (kind: conv or matmul), summing to 1; ``None`` when a layer's shapes
+    cannot be inferred or the graph has no weighted layer."""
     model = shape_inference.infer_shapes(onnx.load(str(path)))
     graph = model.graph
     shapes: dict[str, list[int | None]] = {
@@ -33,17 +35,18 @@ def int8_mac_share(path: str | Path) -> float | None:
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
                               for d in value.type.tensor_type.shape.dim]
     producer = {out: node.op_type for node in graph.node for out in node.output}
-    total = quantized = 0
+    macs: dict[str, int] = {}
     for node in graph.node:
-        if node.op_type not in WEIGHTED_OPS:
+        if node.op_type not in KINDS:
             continue
-        macs = _macs(node, shapes)
-        if macs is None:
+        count = _macs(node, shapes)
+        if count is None:
             return None
-        total += macs
-        if all(producer.get(name) == "DequantizeLinear" for name in node.input[:2]):
-            quantized += macs
-    return quantized / total if total else None
+        int8 = all(producer.get(name) == "DequantizeLinear" for name in node.input[:2])
+        key = f"{KINDS[node.op_type]} {'int8' if int8 else 'float'}"
+        macs[key] = macs.get(key, 0) + count
+    total = sum(macs.values())
+    return {key: count / total for key, count in sorted(macs.items())} if total else None
 
 
 def _macs(node: NodeProto, shapes: dict[str, list[int | None]]) -> int | None:

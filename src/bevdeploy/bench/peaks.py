@@ -9,8 +9,8 @@ is measured here on the work it is a floor for:
 
 * **numpy / scipy SGEMM** (``np.matmul``, ``scipy.linalg.blas.sgemm``): a square float32
   product; scipy's is the SCN executor's BLAS, numpy's is what the kernel floors used so far.
-* **ONNX Runtime and OpenVINO**: a large ``MatMul`` and a large 3×3 ``Conv``, each in float32
-  and as a QDQ graph in the form ``bevdeploy optimize --int8`` writes (QUInt8 activations,
+* **ONNX Runtime and OpenVINO**: a chain of large ``MatMul``s and one of large 3×3 ``Conv``s
+  (``bench.peak_graphs``), each in float32 and as a QDQ graph in the form ``bevdeploy optimize --int8`` writes (QUInt8 activations,
   QInt8 symmetric weights, per output channel for the Conv), which both engines fuse into their
   integer kernels; OpenVINO also in BF16 inference precision where it reports BF16 in its
   ``OPTIMIZATION_CAPABILITIES``. Sessions use the runtime's own settings (ONNX Runtime: the
@@ -19,9 +19,10 @@ is measured here on the work it is a floor for:
   would otherwise pick BF16 by itself on such CPUs).
 
 Each problem is called once untimed (compilation, caches), then repeatedly for ``seconds``
-(at least ``MIN_RUNS`` calls); its rate is 2 FLOPs per MAC over the median call. The peak of
-an engine and precision is its better kernel: the floor of a module is what the engine's best
-kernel at that precision could do, not a model of its convolution algorithm. A rate is in
+(at least ``MIN_RUNS`` calls); its rate is 2 FLOPs per MAC over the median call. An engine's
+peak at a precision is kept per layer kind: its Conv problem floors the MACs of convolutions,
+its MatMul problem those of MatMul/Gemm layers (ONNX Runtime's u8s8 GEMM, for one, runs about
+twice its QLinearConv's rate on the same machine); the BLAS SGEMMs are MatMuls. A rate is in
 GFLOP/s for float and "GOP/s" for INT8 (the same 2 operations per MAC, as 8-bit products).
 """
 
@@ -50,6 +51,7 @@ class PeakRate:
 
     engine: str
     precision: str  # fp32, int8 or bf16: what the engine computes in
+    kind: str  # "matmul" or "conv": the layer type whose MACs this rate floors
     kernel: str  # the problem, in words
     macs: int  # of one call
     median_ms: float
@@ -69,9 +71,11 @@ class Peaks:
     rates: list[PeakRate] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # "engine precision" → reason
 
-    def peak(self, engine: str, precision: str) -> float | None:
-        """The better kernel's rate of ``engine`` at ``precision``, or ``None`` if unmeasured."""
-        rates = [r.gflops for r in self.rates if r.engine == engine and r.precision == precision]
+    def peak(self, engine: str, precision: str, kind: str | None = None) -> float | None:
+        """The rate of ``engine`` at ``precision`` on its ``kind`` problem (``None``: its
+        better problem), or ``None`` if unmeasured."""
+        rates = [r.gflops for r in self.rates if r.engine == engine and r.precision == precision
+                 and kind in (None, r.kind)]
         return max(rates) if rates else None
 
     def keys(self) -> list[tuple[str, str]]:
@@ -108,10 +112,10 @@ def time_calls(fn: Callable[[], Any], seconds: float) -> list[float]:
     return times
 
 
-def _rate(engine: str, precision: str, kernel: str, macs: int, fn: Callable[[], Any],
-          seconds: float) -> PeakRate:
+def _rate(engine: str, precision: str, kind: str, kernel: str, macs: int,
+          fn: Callable[[], Any], seconds: float) -> PeakRate:
     times = time_calls(fn, seconds)
-    return PeakRate(engine, precision, kernel, macs, float(statistics.median(times)),
+    return PeakRate(engine, precision, kind, kernel, macs, float(statistics.median(times)),
                     min(times), len(times))
 
 
@@ -131,9 +135,9 @@ def blas_rates(sizes: Sizes, threads: int, seconds: float) -> list[PeakRate]:
     b = np.asfortranarray(a)
     kernel = f"SGEMM {sizes.n}³"
     with threadpool_limits(threads, user_api="blas"):
-        return [_rate("numpy", "fp32", f"np.matmul {sizes.n}³", sizes.matmul_macs,
+        return [_rate("numpy", "fp32", "matmul", f"np.matmul {sizes.n}³", sizes.n ** 3,
                       lambda: np.matmul(a, a), seconds),
-                _rate("scipy", "fp32", kernel, sizes.matmul_macs,
+                _rate("scipy", "fp32", "matmul", kernel, sizes.n ** 3,
                       lambda: scipy_blas.sgemm(1.0, b, b), seconds)]
 
 
@@ -150,8 +154,8 @@ def onnxruntime_rates(sizes: Sizes, threads: int, seconds: float) -> list[PeakRa
         session = ort.InferenceSession(problem.model, sess_options=session_options(
             RunnerOptions(threads=threads)), providers=list(PROVIDERS))
         feed = {"x": inputs[problem.kind]}
-        rates.append(_rate("onnxruntime", problem.precision, problem.kernel, problem.macs,
-                           lambda: session.run(None, feed), seconds))
+        rates.append(_rate("onnxruntime", problem.precision, problem.kind, problem.kernel,
+                           problem.macs, lambda: session.run(None, feed), seconds))
     return rates
 
 
@@ -192,8 +196,8 @@ def openvino_rates(sizes: Sizes, threads: int, seconds: float,
                                             "CPU", compile_config(options))
             request = compiled.create_infer_request()
             x = inputs[problem.kind]
-            rates.append(_rate("openvino", precision, problem.kernel, problem.macs,
-                               lambda: request.infer({0: x}), seconds))
+            rates.append(_rate("openvino", precision, problem.kind, problem.kernel,
+                               problem.macs, lambda: request.infer({0: x}), seconds))
     return rates
 
 

@@ -107,8 +107,9 @@ class BenchReport:
     peaks: Peaks | None = None  # bench.peaks: per engine and precision; None: not measured
     blas: list[dict[str, Any]] = field(default_factory=list)  # bench.machine.blas_libraries
     isa_overrides: dict[str, str] = field(default_factory=dict)  # bench.machine.isa_overrides
-    # package path → INT8 module → share of its MACs that are INT8 (bench.graph_macs)
-    int8_shares: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # package path → dense module → its MACs' shares by layer kind and INT8 or float
+    # (bench.graph_macs.mac_mix; None where the graph's shapes could not be inferred)
+    mac_mixes: dict[str, dict[str, dict[str, float] | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # bench.peak_checks: why the GFLOP/s shares of this run cannot be read as efficiency
     warnings: list[str] = field(default_factory=list)
@@ -167,7 +168,7 @@ class BenchReport:
                              result.total.median_ms, result.engine, result.module_precisions,
                              self.dense_macs.get(preset, {}), self.scn_macs.get(preset),
                              self.peaks, float_precision=result.variant.inference_precision,
-                             int8_shares=self.int8_shares.get(result.variant.package))
+                             mac_mixes=self.mac_mixes.get(result.variant.package))
 
     def to_dict(self) -> dict[str, Any]:
         variants = []
@@ -202,7 +203,7 @@ class BenchReport:
                             "minus the resident set after the frames were loaded and before "
                             "the variant's libraries and model"),
             "dense_macs": self.dense_macs, "scn_macs": self.scn_macs,
-            "int8_mac_shares": self.int8_shares,
+            "mac_mixes": self.mac_mixes,
             "floor": ROOFLINE_NOTE, "notes": self.notes, "variants": variants,
         }
 

@@ -6,10 +6,10 @@ machine measured for it (``bench.peaks``), one part after another on the whole t
 * each dense module: its MACs (counted on the reference model, ``BenchReport.dense_macs``) at
   the peak of the precision it computes in, on the engine that runs it (ONNX Runtime's INT8
   peak for an INT8 module on ONNX Runtime, OpenVINO's BF16 peak for a float module compiled at
-  BF16 inference precision, ...). An INT8 module's MACs are split by the share of its graph's
-  weighted-layer MACs that are INT8 (``bench.graph_macs``: layers kept float by the recipe or
-  ``--exclude``, a head's float decoder): that share at the INT8 peak, the rest at the float
-  peak of its inference precision;
+  BF16 inference precision, ...). Its MACs are split as its graph's weighted layers split them
+  (``bench.graph_macs``): convolutions at the engine's Conv peak, MatMul/Gemm at its MatMul
+  peak, and in an INT8 module the layers kept float (by the recipe or ``--exclude``, a head's
+  float decoder) at the float peak of its inference precision;
 * the SCN: its convolutions' MACs on the timed frames (``ScnExecutor.conv_macs``: rulebook
   pairs × C_in × C_out, median over the frames) at the SGEMM peak of the BLAS its executor
   calls (SciPy's);
@@ -79,12 +79,14 @@ class Floor:
 def variant_floor(stage_ms: Mapping[str, float], total_ms: float, engine: str,
                   precisions: Mapping[str, str], dense_macs: Mapping[str, int],
                   scn_macs: int | None, peaks: Peaks, *, float_precision: str = "fp32",
-                  int8_shares: Mapping[str, float | None] | None = None) -> Floor | str:
+                  mac_mixes: Mapping[str, Mapping[str, float] | None] | None = None
+                  ) -> Floor | str:
     """The floor of a variant whose stages took ``stage_ms`` (medians) and whose total took
     ``total_ms``, its dense modules run by ``engine`` at ``precisions`` (module → fp32, int8,
-    bf16, ...); an INT8 module's ``int8_shares`` of MACs at the INT8 peak and the rest at
-    ``float_precision``'s (a share unknown or not given: all INT8). Or, where a part has no
-    MACs or no measured peak, the reason it has none."""
+    bf16, ...). A module's ``mac_mixes`` (``bench.graph_macs.mac_mix``) put each share of its
+    MACs at the peak of its layer kind and precision (an INT8 module's float layers at
+    ``float_precision``); without one, all its MACs at its precision's better problem. Or,
+    where a part has no MACs or no measured peak, the reason it has none."""
     terms = []
     for module in DENSE_MODULES:
         if module not in stage_ms:
@@ -92,17 +94,23 @@ def variant_floor(stage_ms: Mapping[str, float], total_ms: float, engine: str,
         if module not in dense_macs:
             return f"{module}'s MACs were not counted"
         precision = precisions.get(module, "fp32")
-        share = (int8_shares or {}).get(module) if precision == "int8" else None
-        mix = [(precision, 1.0)] if share is None or share >= 1.0 else \
-            [("int8", share), (float_precision, 1.0 - share)]
+        floating = float_precision if precision == "int8" else precision
+        mix = (mac_mixes or {}).get(module)
+        parts = [(None, precision, 1.0)] if not mix else [
+            (key.split()[0], "int8" if key.endswith("int8") else floating, share)
+            for key, share in mix.items()]
         seconds_per_mac = 0.0
-        for part, fraction in mix:
-            peak = peaks.peak(engine, part)
+        by_precision: dict[str, float] = {}
+        for kind, part, share in parts:
+            peak = peaks.peak(engine, part, kind) or peaks.peak(engine, part)
             if peak is None:
                 return f"no {engine} {part} peak was measured ({module})"
-            seconds_per_mac += fraction * 2 / (peak * 1e9)
+            seconds_per_mac += share * 2 / (peak * 1e9)
+            by_precision[part] = by_precision.get(part, 0.0) + share
+        label = " + ".join(name if len(by_precision) == 1 else f"{name} {share:.0%}"
+                           for name, share in sorted(by_precision.items(),
+                                                     key=lambda item: -item[1]))
         macs = dense_macs[module]
-        label = precision if len(mix) == 1 else f"int8 {share:.0%} + {float_precision}"
         terms.append(FloorTerm(module, macs, engine, label, 2 / seconds_per_mac / 1e9,
                                1e3 * macs * seconds_per_mac, stage_ms[module]))
     if SCN_STAGE in stage_ms:

@@ -293,20 +293,20 @@ def scn_macs(pkg: Any, frames: Sequence[Any]) -> int:
     return int(statistics.median(per_frame[id(f)] for f in frames))
 
 
-def int8_shares(variants: Sequence[Variant]) -> dict[str, dict[str, float | None]]:
-    """Per package of ``variants``, each INT8 module's share of MACs that are INT8
-    (``bench.graph_macs``), read from its graph once."""
-    from bevdeploy.bench.graph_macs import int8_mac_share
+def mac_mixes(variants: Sequence[Variant]) -> dict[str, dict[str, dict[str, float] | None]]:
+    """Per package of ``variants`` (not the references: they run no graph), each dense
+    module's MAC shares by layer kind and INT8 or float (``bench.graph_macs.mac_mix``), read
+    from its graph once."""
+    from bevdeploy.bench.graph_macs import mac_mix
     from bevdeploy.package import load_package
 
-    shares: dict[str, dict[str, float | None]] = {}
+    mixes: dict[str, dict[str, dict[str, float] | None]] = {}
     for v in variants:
-        if v.is_reference or v.package in shares:
+        if v.is_reference or v.package in mixes:
             continue
         pkg = load_package(v.package)
-        shares[v.package] = {m: int8_mac_share(pkg.path(m)) for m in DENSE_MODULES
-                             if pkg.module(m).precision == "int8"}
-    return shares
+        mixes[v.package] = {m: mac_mix(pkg.path(m)) for m in DENSE_MODULES}
+    return mixes
 
 
 def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, warmup: int,
@@ -332,7 +332,7 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
     before = measure_peaks(threads, seconds=peak_seconds)
     counted: dict[str, dict[str, int]] = {}
     sparse: dict[str, int] = {}
-    shares = int8_shares(variants)
+    mixes = mac_mixes(variants)
     for v in variants:
         if v.preset not in sparse:
             progress(f"counting the SCN MACs of {v.preset} on the timed frames")
@@ -363,7 +363,7 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
         notes.append(f"the split has {distinct} frame(s): they are cycled")
     report = BenchReport(results=list(results), source=source, frames=frames, warmup=warmup,
                          threads=threads, gemm_gflops=peaks.peak("numpy", "fp32") or 0.0,
-                         dense_macs=counted, scn_macs=sparse, peaks=peaks, int8_shares=shares,
+                         dense_macs=counted, scn_macs=sparse, peaks=peaks, mac_mixes=mixes,
                          blas=blas_libraries(), isa_overrides=isa_overrides(), notes=notes)
     report.warnings = peak_warnings(report, before, after)
     report.notes += report.warnings

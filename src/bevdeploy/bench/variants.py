@@ -76,12 +76,12 @@ def _cpu_backends(pkg: Any, root: Path, backend: str,
             out.append((choice.backend, f"auto→{choice.backend}{suffix}", precision,
                         choice.reason))
             continue
-        if precision == "bf16":
+        if backend == "openvino":  # missing: refused before anything is measured
             from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason, \
                 import_openvino
 
             import_openvino()
-            reason = bf16_unavailable_reason()
+            reason = None if precision == "fp32" else bf16_unavailable_reason()
             if reason is not None:
                 raise ConfigError(reason, path=root, field="--inference-precision")
         out.append((backend, backend + suffix, precision, None))
