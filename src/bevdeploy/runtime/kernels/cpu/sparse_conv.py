@@ -72,7 +72,10 @@ _ONE = np.uint64(1)
 # Block sizing of the conv kernel, see ``_block_rows``. Measured on one Zen 3 core on the
 # layers of a 120k-voxel nuScenes-shaped frame (C = 16…128), blocks of 512–2048 output rows
 # ran 15–25% faster than 128–256: sgemm needs a few hundred rows to approach its peak rate.
-_ROWS_PER_GEMM = 512  # gathered rows per offset and block, on average
+# On 2 AVX-512 cores a target of 256 gathered rows (blocks of 512–1024 rows on that frame)
+# ran the convs 4 % faster than 512 (1024–2048 rows), 6–9 % on the 32- and 64-channel layers
+# (docs/bench/notes.md#scn-gemm-rate).
+_ROWS_PER_GEMM = 256  # gathered rows per offset and block, on average
 _BLOCK_BYTES = 1 << 21  # cap on a block's buffers (accumulator, gathered rows, product)
 _BLOCKS_PER_THREAD = 8  # load balance: at least this many blocks per thread
 
