@@ -426,6 +426,12 @@ def test_bf16_convs_match_fp32_with_their_fused_residual_and_relu():
     assert float(np.abs(out - ref).max()) <= BF16_RELATIVE_TOLERANCE * float(np.abs(ref).max())
     cosine = float(np.dot(out.ravel(), ref.ravel()) / (np.linalg.norm(out) * np.linalg.norm(ref)))
     assert BF16_MIN_COSINE <= cosine < 1.0  # BF16 really ran: not bit-equal to FP32
+    # The convs' outputs live in OpenVINO's buffers, reused by the next run: a returned map
+    # must not change when the executor runs another frame.
+    kept = out.copy()
+    other = bf16.run(rng.standard_normal((len(coords), channels), dtype=np.float32), coords)
+    np.testing.assert_array_equal(out, kept)
+    assert not np.array_equal(other, out)
     empty = bf16.run(np.zeros((0, channels), np.float32), np.zeros((0, 3), np.int32))
     assert empty.shape == ref.shape and not empty.any()
 

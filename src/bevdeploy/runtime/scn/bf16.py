@@ -85,11 +85,14 @@ class Bf16Convs:
     def run(self, step: ConvStep, feats: np.ndarray, rulebook: Rulebook,
             residual: np.ndarray | None) -> np.ndarray:
         """``act(Σ_k W[k]·in + bias (+ residual))`` (M_out, C_out) float32, like
-        ``sparse_conv``, for a conv in ``names``."""
+        ``sparse_conv``, for a conv in ``names``.
+
+        The result is the conv's own OpenVINO output buffer, not a copy (copies cost 8 % of
+        these convs' time on the r50 SCN): it is valid until this conv runs again, i.e. for
+        the rest of the executor's run, which releases every conv output before it returns."""
         if rulebook.num_outputs == 0:
             return np.zeros((0, step.weight.shape[2]), dtype=np.float32)
         inputs = [feats, rulebook.rows_by_output]
         if residual is not None:
             inputs.append(residual)
-        result = self._requests[step.name].infer(inputs, share_inputs=True, share_outputs=False)
-        return np.ascontiguousarray(result[0], dtype=np.float32)
+        return self._requests[step.name].infer(inputs, share_inputs=True, share_outputs=True)[0]
