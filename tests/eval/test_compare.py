@@ -29,6 +29,7 @@ from bevdeploy.eval.compare import (
     BOXES, HEAD_OUTPUTS, STAGES, CompareReport, Tolerances, align_proposals, compare,
     match_boxes, stage_tolerances, tensor_failures, tensor_metrics,
 )
+from bevdeploy.eval.compare.comparators import judged_proposals
 from bevdeploy.export.writer import export_package
 from bevdeploy.model.bevfusion import BEVFusion
 from bevdeploy.model.checkpoint import save_checkpoint
@@ -121,6 +122,8 @@ def test_reported_metrics_equal_independent_maths_on_the_saved_pairs(report: Com
             for name in STAGE_NAMES:
                 ref = pairs[f"{name}.reference"].astype(np.float64)
                 dep = pairs[f"{name}.deployed"].astype(np.float64)
+                if name.startswith("head."):  # judged over the proposals sure on both sides
+                    ref, dep = ref[..., pairs["head.judged"]], dep[..., pairs["head.judged"]]
                 m = next(r.metrics for r in report.stage(name) if r.frame == frame)
                 diff = np.abs(ref - dep)
                 assert m.max_abs == pytest.approx(diff.max(), rel=1e-9, abs=1e-30)
@@ -269,6 +272,19 @@ def test_a_stage_gets_the_lowest_precision_on_its_path(exported, tmp_path):
         stage_tolerances(bad)
     assert err.value.field == "modules.fuser.precision"
     assert err.value.path.endswith(MANIFEST_NAME)
+
+
+def test_head_tensors_are_judged_over_the_proposals_sure_to_be_selected():
+    """An INT8 heatmap may move every cell by 10 % of the best score, so a proposal whose score
+    clears the top-k boundary by less than twice that may be replaced by a cell the reference
+    left out; at FP32 (1e-3) every proposal here is sure."""
+    ranked = np.array([1.0, 0.9, 0.5, 0.31, 0.30, 0.29, 0.1])
+    int8, fp32 = Tolerances.for_precision("int8"), Tolerances.for_precision("fp32")
+    assert judged_proposals(ranked, 4, int8).tolist() == [True, True, False, False]
+    assert judged_proposals(ranked, 4, fp32).all()
+    assert judged_proposals(ranked, 7, int8).all()  # no cell left out: all selected
+    flat = np.array([0.31, 0.305, 0.30, 0.30])  # none sure: judge all rather than nothing
+    assert judged_proposals(flat, 3, int8).all()
 
 
 # ------------------------------------------------------------------------- weights and input

@@ -24,7 +24,9 @@ too; the table's first red row locates it. Two rows differ on purpose:
   says so. Proposals are paired one to one (same class, closest regression outputs) before
   comparing, so a legitimate reordering of near-equal or exactly equal scores is not mistaken
   for an error; the notes say which moves are ties, near-ties, or unexplained, and when the
-  top-k boundary falls inside an exact tie.
+  top-k boundary falls inside an exact tie. The tensors are judged over the proposals whose
+  heatmap score clears the top-k boundary by twice the precision's heatmap error budget (every
+  one, mostly, at FP32): the others may legitimately be other cells (``judged_proposals``).
 * ``boxes`` — the end-to-end result of each chain (deployed boxes come from the deployed fused
   features), matched greedily by centre distance within the same class: centre distance,
   rotated BEV IoU, score delta, and the boxes without a partner.

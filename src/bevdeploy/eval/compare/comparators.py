@@ -268,6 +268,24 @@ def voxel_failures(reference: np.ndarray, deployed: np.ndarray) -> list[str]:
     return [f"{differ} voxel coordinates differ"] if differ else []
 
 
+def judged_proposals(ranked: np.ndarray, proposals: int, tol: Tolerances) -> np.ndarray:
+    """Which reference proposals the deployed head must select too: ``(proposals,)`` bool.
+
+    ``ranked`` as in ``head_remarks``. Each deployed heatmap score is within the error budget
+    (``tol.rel_max_abs`` × the best score) of the reference's, so reference proposal ``i`` stays
+    in the deployed top-k when ``ranked[i] - budget > ranked[proposals] + budget``: no cell the
+    reference left out can overtake it. The others may legitimately be swapped for such cells
+    (an INT8 heatmap has thousands within its budget of the boundary), and their partner is then
+    another proposal, so the head's tensors are judged over the sure ones only; all of them when
+    none is sure.
+    """
+    if ranked.size <= proposals:
+        return np.ones(proposals, dtype=bool)
+    budget = tol.rel_max_abs * float(ranked[0])
+    sure = np.asarray(ranked[:proposals]) - 2.0 * budget > float(ranked[proposals])
+    return sure if sure.any() else np.ones(proposals, dtype=bool)
+
+
 def head_remarks(order: np.ndarray, ranked: np.ndarray, proposals: int, tol: Tolerances
                  ) -> list[str]:
     """What explains a head difference without being one.

@@ -12,8 +12,8 @@ import numpy as np
 from bevdeploy.data.frame import Frame
 from bevdeploy.errors import InputError
 from bevdeploy.eval.compare.comparators import (align_proposals, box_failures, head_remarks,
-                                                match_boxes, tensor_failures, tensor_metrics,
-                                                voxel_failures)
+                                                judged_proposals, match_boxes, tensor_failures,
+                                                tensor_metrics, voxel_failures)
 from bevdeploy.eval.compare.report import BoxResult, CompareReport, StageResult
 from bevdeploy.eval.compare.sides import SideOutputs, run_deployed, run_reference
 from bevdeploy.eval.compare.tolerances import BOXES, STAGES, Tolerances, stage_tolerances
@@ -41,7 +41,8 @@ def compare(package: Path, checkpoint: Path | None, frames: Iterable[Frame], *,
     overrides the per-precision limits for every stage. ``save`` is a directory that receives
     one ``frame_NNNN.npz`` per frame with every compared pair (``<stage>.reference``,
     ``<stage>.deployed``, the deployed head outputs in the paired proposal order,
-    ``head.proposal_order``, and each side's boxes, scores and labels), each written
+    ``head.proposal_order``, ``head.judged`` (the proposals the head's metrics are over:
+    ``judged_proposals``), and each side's boxes, scores and labels), each written
     atomically. ``backend``, ``threads``, ``runner_options`` and
     ``schedule`` are the ``Pipeline``'s (a GPU backend's: ``GpuConfig.options`` and
     ``GpuConfig.schedule``).
@@ -76,11 +77,19 @@ def _compare_frame(report: CompareReport, index: int, frame: Frame, model: BEVFu
 
     voxels_differ = voxel_failures(reference.tensors["lidar.voxel_coords"],
                                    deployed.tensors["lidar.voxel_coords"])
-    proposal_remarks = head_remarks(order, ranked, pipeline.preset.model.head.num_proposals,
-                                    limits["head.score"])
+    proposals = pipeline.preset.model.head.num_proposals
+    proposal_remarks = head_remarks(order, ranked, proposals, limits["head.score"])
+    judged = judged_proposals(ranked, proposals, limits["head.score"])
+    if not judged.all():
+        proposal_remarks.append(f"judged the {int(judged.sum())} of {proposals} proposals "
+                                "whose heatmap clears the top-k boundary by twice the error "
+                                "budget; the others may legitimately be other cells")
     for stage in STAGES:
         tol = limits[stage.name]
-        metrics = tensor_metrics(reference.tensors[stage.name], deployed.tensors[stage.name])
+        ref, dep = reference.tensors[stage.name], deployed.tensors[stage.name]
+        if stage.name.startswith("head."):
+            ref, dep = ref[..., judged], dep[..., judged]
+        metrics = tensor_metrics(ref, dep)
         failures = tensor_failures(metrics, tol)
         if stage.name == "lidar.voxels":
             failures += voxels_differ
@@ -93,12 +102,12 @@ def _compare_frame(report: CompareReport, index: int, frame: Frame, model: BEVFu
     report.boxes.append(BoxResult(index, token, tol.precision, box_metrics,
                                   passed=not failures, notes=tuple(failures)))
     if save is not None:
-        report.saved.append(_save_frame(Path(save), index, reference, deployed, order))
+        report.saved.append(_save_frame(Path(save), index, reference, deployed, order, judged))
 
 
 def _save_frame(directory: Path, index: int, reference: SideOutputs, deployed: SideOutputs,
-                order: np.ndarray) -> Path:
-    arrays: dict[str, np.ndarray] = {"head.proposal_order": order}
+                order: np.ndarray, judged: np.ndarray) -> Path:
+    arrays: dict[str, np.ndarray] = {"head.proposal_order": order, "head.judged": judged}
     for name in (*(s.name for s in STAGES), "lidar.voxel_coords"):
         arrays[f"{name}.reference"] = reference.tensors[name]
         arrays[f"{name}.deployed"] = deployed.tensors[name]
