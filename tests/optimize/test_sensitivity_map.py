@@ -62,9 +62,12 @@ def test_baseline_and_all_int8_map_equal_bevdeploy_eval_on_the_same_frames(
     fp32 = _eval_map(tiny_package, synthetic_world, tmp_path / "fp32")
     assert fp32 > 0.1  # a real detector on these frames, so mAP differences mean something
     assert math.isclose(report.fp32_map, fp32, rel_tol=0, abs_tol=1e-9)
-    # the written package quantizes both modules; the all-INT8 probe swapped in the same graphs
+    # the written package quantizes the three modules (the head's convolutions); the all-INT8
+    # probe swapped in the same graphs
+    assert load_package(map_result.root).module("head.bbox").precision == "int8"
     int8 = _eval_map(map_result.root, synthetic_world, tmp_path / "int8")
     assert math.isclose(report.int8_map, int8, rel_tol=0, abs_tol=1e-9)
+    assert fp32 - int8 <= 0.01  # the INT8 target: mAP loss <= 0.01, head convolutions INT8
 
 
 def test_every_fuser_group_is_scored_and_ranked_by_map_drop(map_result, tiny_package):
@@ -141,6 +144,10 @@ def test_calibration_frames_and_bad_options_are_refused(tiny_package, calib_sour
     assert not out.exists()
     with pytest.raises(ConfigError, match="not quantized"):
         OptimizeOptions(int8=Int8Options(), calib=calib_source, sensitivity="block",
+                        sensitivity_modules=("camera.vtransform",)).check()
+    with pytest.raises(ConfigError, match="not quantized"):  # the head left out of INT8
+        OptimizeOptions(int8=Int8Options(modules=("camera.backbone", "fuser")),
+                        calib=calib_source, sensitivity="block",
                         sensitivity_modules=("head.bbox",)).check()
     with pytest.raises(ConfigError, match=">= 1"):
         EvalSource(frames=0)

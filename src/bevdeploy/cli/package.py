@@ -61,8 +61,13 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
              fp16: bool = typer.Option(False, "--fp16", help="FP16 dense modules (FP32 I/O; head "
                                        "LayerNorm/Softmax/TopK/Sigmoid in FP32); with --int8 "
                                        "only the modules INT8 leaves alone."),
-             int8: bool = typer.Option(False, "--int8", help="INT8 QDQ camera.backbone and fuser "
-                                       "(post-training, needs --calib)."),
+             int8: bool = typer.Option(False, "--int8", help="INT8 QDQ camera.backbone, fuser "
+                                       "and head.bbox's convolutions (post-training, needs "
+                                       "--calib)."),
+             int8_head: bool = typer.Option(True, help="With --int8, quantize head.bbox's "
+                                            "convolutions (its decoder stays float); "
+                                            "--no-int8-head keeps the whole head float (FP16 "
+                                            "with --fp16, as NVIDIA builds it for TensorRT)."),
              calib: Optional[Path] = typer.Option(None, help="nuScenes-format dataset of the "
                                                   "calibration frames."),
              calib_frames: int = typer.Option(8, min=1, help="Calibration frames (spread over "
@@ -75,8 +80,10 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
              exclude: Optional[list[str]] = typer.Option(None, help="Keep matching layers in "
                                                          "float: MODULE:GLOB or GLOB over node "
                                                          "names (repeatable)."),
-             recipe_excludes: bool = typer.Option(True, help="Also keep the reference recipe's "
-                                                  "float layer (fuser deblocks.0)."),
+             use_recipe_excludes: bool = typer.Option(
+                 True, "--recipe-excludes/--no-recipe-excludes", help="Also keep the recipe's "
+                 "float layers (fuser deblocks.0, the head's last heatmap conv and velocity "
+                 "head)."),
              reduce_range: bool = typer.Option(True, help="7-bit INT8 weights: avoids the U8S8 "
                                                "saturation of x86 CPUs without VNNI."),
              sensitivity: bool = typer.Option(False, "--sensitivity", help="Rank INT8 layer "
@@ -99,7 +106,7 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
              sensitivity_module: Optional[list[str]] = typer.Option(None, help="Probe only this "
                                                                     "INT8 module's groups "
                                                                     "(repeatable; default "
-                                                                    "both)."),
+                                                                    "all)."),
              threads: ThreadsOpt = None,
              ray: RayOpt = None,
              workers: WorkersOpt = 2,
@@ -119,7 +126,7 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     from bevdeploy.optimize import (
         CalibrationSource, Int8Options, OptimizeOptions, optimize_package,
     )
-    from bevdeploy.optimize.int8 import INT8_MODULES, RECIPE_EXCLUDES
+    from bevdeploy.optimize.int8 import INT8_MODULES, recipe_excludes
     from bevdeploy.optimize.sensitivity import EvalSource
     from bevdeploy.optimize.writer import check_not_source
     from bevdeploy.package import check_replaceable
@@ -128,17 +135,18 @@ def optimize(package: Path = typer.Argument(..., help="Deploy package to optimiz
     if sensitivity_granularity not in ("block", "layer"):
         raise ConfigError(f"expected block or layer, got {sensitivity_granularity!r}",
                           field="--sensitivity-granularity")
-    patterns = (*(RECIPE_EXCLUDES if recipe_excludes else ()), *(exclude or ()))
+    modules = tuple(m for m in INT8_MODULES if int8_head or m != "head.bbox")
+    patterns = (*(recipe_excludes(modules) if use_recipe_excludes else ()), *(exclude or ()))
     options = OptimizeOptions(
         simplify=simplify, fp16=fp16,
-        int8=Int8Options(calibrator=calibrator, excludes=patterns, reduce_range=reduce_range)
-        if int8 else None,
+        int8=Int8Options(calibrator=calibrator, excludes=patterns, reduce_range=reduce_range,
+                         modules=modules) if int8 else None,
         calib=None if calib is None else CalibrationSource(calib, calib_frames, version,
                                                            calib_split),
         sensitivity=sensitivity_granularity if sensitivity else None,  # type: ignore[arg-type]
         sensitivity_map=EvalSource(sensitivity_data, sensitivity_frames, version,
                                    sensitivity_split) if sensitivity_map else None,
-        sensitivity_modules=tuple(sensitivity_module or INT8_MODULES),
+        sensitivity_modules=tuple(sensitivity_module) if sensitivity_module else None,
         threads=threads, ray=ray_options(ray, workers, cpus_per_worker, 0.0))
     check_not_source(package, out)
     target = claim_output(out, overwrite=overwrite, replaceable=check_replaceable)

@@ -5,14 +5,24 @@ The result is the form both ONNX Runtime and TensorRT execute: ``QuantizeLinear`
 per-tensor activations. The recipe is CUDA-BEVFusion's (docs/reference.md#quantisation-recipe):
 
 * **What is quantized.** ``camera.backbone`` (ResNet + FPN + dtransform + depthnet) and ``fuser``
-  (ConvFuser + SECOND + SECONDFPN). ``camera.vtransform`` and ``head.bbox`` are never quantized
-  (NVIDIA builds them FP16 only; the head's attention and top-k gain little and break easily),
-  and ``lidar.backbone`` runs on bevdeploy's own sparse-conv executor in FP32: INT8 sparse
-  convolution is a libspconv (GPU) feature.
+  (ConvFuser + SECOND + SECONDFPN) whole, and of ``head.bbox`` only its convolutions
+  (``RECIPE_INCLUDES``): the 3×3 shared conv over the fused map (nuscenes-resnet50: 19 GMAC of
+  the head's ~25), the two heatmap convs and the prediction heads' convs. Everything of the
+  transformer decoder (attention MatMuls/Gemms, Softmax, FFN, LayerNorm), the top-k query
+  selection and gathers, the class encoding and the positional encoding stays float: that is
+  where NVIDIA's FP16-only head keeps its precision, and it is a small share of the MACs. The
+  per-conv choice is the sensitivity map's (docs/bench/notes.md#int8-head-convolutions).
+  ``camera.vtransform`` is never quantized (NVIDIA builds it FP16 only), and ``lidar.backbone``
+  runs on bevdeploy's own sparse-conv executor in FP32. ``Int8Options.modules`` drops a module
+  from INT8 (``optimize --no-int8-head`` keeps the whole head float, as for TensorRT, where NVIDIA
+  builds it FP16).
 * **Layers kept in float** are given as glob patterns over node names, ``MODULE:GLOB`` or bare
   ``GLOB`` (every quantized module). ``RECIPE_EXCLUDES`` holds NVIDIA's one dense exclusion,
-  ``decoder.neck.deblocks[0][0]``; ``--exclude`` adds the user's (first or last layers, or what
-  the sensitivity report ranks worst). A pattern that matches nothing is an error, not a no-op.
+  ``decoder.neck.deblocks[0][0]``, and two head layers: the last heatmap conv, whose sigmoid
+  ranks the top-k queries, and the velocity prediction head
+  (docs/bench/notes.md#int8-head-convolutions); ``--exclude`` adds the user's (first or last
+  layers, or what the sensitivity report ranks worst, e.g. ``head.bbox:/shared_conv/*``). A
+  pattern that matches no node INT8 may touch is an error, not a no-op.
 * **Shared quantizers.** NVIDIA ties the quantizers of both inputs of every FPN concat (one
   ``QuantConcat`` quantizer) so the join runs in INT8 without re-quantization, and gives each
   ResNet residual the quantizer of the tensor it comes from (``conv1``'s input). The second is
@@ -59,8 +69,18 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from bevdeploy.errors import ConfigError
 from bevdeploy.optimize.calibrate import Feeds, FeedReader
 
-INT8_MODULES: tuple[str, ...] = ("camera.backbone", "fuser")
-RECIPE_EXCLUDES: tuple[str, ...] = ("fuser:/neck/deblocks.0/deblocks.0.0/*",)
+INT8_MODULES: tuple[str, ...] = ("camera.backbone", "fuser", "head.bbox")
+# Modules quantized only in part: the node globs INT8 may touch (a module not listed here has
+# every quantizable node quantized). For the head: its convolutions, nothing of the decoder.
+RECIPE_INCLUDES: Mapping[str, tuple[str, ...]] = {
+    "head.bbox": ("/shared_conv/*", "/heatmap_head/*", "/prediction_heads.*"),
+}
+# NVIDIA's float deblock; the last heatmap conv, whose 8-bit logits tie and reorder the cells the
+# top-k ranks (the head layer of the lowest cosine, 1.5 % of its MACs); and the velocity head,
+# whose 8-bit output moves velocities by 20 % of their scale (mAP does not score velocity).
+RECIPE_EXCLUDES: tuple[str, ...] = ("fuser:/neck/deblocks.0/deblocks.0.0/*",
+                                    "head.bbox:/heatmap_head/heatmap_head.1/*",
+                                    "head.bbox:/prediction_heads.*/vel/*")
 CALIBRATORS: dict[str, CalibrationMethod] = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -78,22 +98,29 @@ FLOAT_OUTPUT_OPS: tuple[str, ...] = ("Softmax",)
 
 @dataclass(frozen=True)
 class Int8Options:
-    """How to quantize: calibrator, float-kept layers, weight range."""
+    """How to quantize: which modules, calibrator, float-kept layers, weight range."""
 
     calibrator: str = "percentile"
-    excludes: tuple[str, ...] = RECIPE_EXCLUDES
+    excludes: tuple[str, ...] | None = None  # None: the recipe's (of the quantized modules)
     reduce_range: bool = True
     percentile: float = 99.999
+    modules: tuple[str, ...] = INT8_MODULES
 
     def __post_init__(self) -> None:
         if self.calibrator not in CALIBRATORS:
             raise ConfigError(f"unknown calibrator {self.calibrator!r}; known: "
                               f"{sorted(CALIBRATORS)}", field="calibrator")
+        unknown = [m for m in self.modules if m not in INT8_MODULES]
+        if unknown or not self.modules:
+            raise ConfigError(f"INT8 modules {list(self.modules)}: choose one or more of "
+                              f"{list(INT8_MODULES)}", field="int8_modules")
+        if self.excludes is None:
+            object.__setattr__(self, "excludes", recipe_excludes(self.modules))
         for pattern in self.excludes:
             module, _, glob = pattern.rpartition(":")
-            if module and module not in INT8_MODULES:
+            if module and module not in self.modules:
                 raise ConfigError(f"exclusion {pattern!r} names module {module!r}, but only "
-                                  f"{list(INT8_MODULES)} are quantized", field="exclude")
+                                  f"{list(self.modules)} are quantized", field="exclude")
             if not glob:
                 raise ConfigError(f"exclusion {pattern!r} has no node pattern", field="exclude")
 
@@ -102,7 +129,30 @@ class Int8Options:
                 "percentile": self.percentile if self.calibrator == "percentile" else None,
                 "format": "QDQ", "activations": "QUInt8 per-tensor asymmetric",
                 "weights": "QInt8 per-channel symmetric", "reduce_range": self.reduce_range,
-                "shared_ranges": list(SHARED_JOINS), "exclude_patterns": list(self.excludes)}
+                "shared_ranges": list(SHARED_JOINS), "modules": list(self.modules),
+                "include_patterns": {m: list(RECIPE_INCLUDES[m]) for m in self.modules
+                                     if m in RECIPE_INCLUDES},
+                "exclude_patterns": list(self.excludes)}
+
+
+def recipe_excludes(modules: Sequence[str]) -> tuple[str, ...]:
+    """The ``RECIPE_EXCLUDES`` that concern ``modules`` (a module left out of INT8 has none)."""
+    return tuple(p for p in RECIPE_EXCLUDES if p.rpartition(":")[0] in ("", *modules))
+
+
+def recipe_scope(model: onnx.ModelProto, module: str) -> list[str] | None:
+    """The nodes of ``module`` INT8 may touch (``RECIPE_INCLUDES``), in graph order; ``None``
+    for a module quantized whole."""
+    globs = RECIPE_INCLUDES.get(module)
+    if globs is None:
+        return None
+    return [n.name for n in model.graph.node if any(fnmatch.fnmatchcase(n.name, g) for g in globs)]
+
+
+def quantizable_names(model: onnx.ModelProto, module: str) -> list[str]:
+    """The node names an exclusion of ``module`` may name: its recipe scope, or every node."""
+    scope = recipe_scope(model, module)
+    return [n.name for n in model.graph.node] if scope is None else scope
 
 
 def excluded_nodes(model: onnx.ModelProto, module: str, patterns: Sequence[str]) -> list[str]:
@@ -118,8 +168,9 @@ def excluded_nodes(model: onnx.ModelProto, module: str, patterns: Sequence[str])
 
 
 def check_patterns_used(patterns: Sequence[str], matched: Mapping[str, Sequence[str]]) -> None:
-    """Refuse an exclusion that matched no node of any quantized module (a typo would otherwise
-    silently quantize the layer the user meant to protect)."""
+    """Refuse an exclusion that matched no node of any quantized module (``matched``: each
+    module's ``quantizable_names``): a typo would otherwise silently quantize the layer the user
+    meant to protect, and a node outside the recipe's scope is float anyway."""
     for pattern in patterns:
         scope, _, glob = pattern.rpartition(":")
         modules = [scope] if scope else list(matched)
@@ -200,13 +251,23 @@ def shared_overrides(model: onnx.ModelProto, ranges: TensorsData) -> dict[str, l
 
 
 def quantize(model: onnx.ModelProto, ranges: TensorsData, options: Int8Options, *,
-             exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> onnx.ModelProto:
-    """The QDQ model of ``model`` under the calibrated ``ranges``.
+             module: str, exclude: Sequence[str] = (), only: Sequence[str] | None = None
+             ) -> onnx.ModelProto:
+    """The QDQ model of ``module``'s ``model`` under the calibrated ``ranges``.
 
     ``exclude`` are node names kept in float; ``only`` (the sensitivity report's probe)
-    restricts quantization to those nodes. The ranges are handed to ``quantize_static`` as its
-    own calibration cache, so calibrating once serves any number of quantizations.
+    restricts quantization to those nodes, and without it a module quantized in part
+    (``RECIPE_INCLUDES``) is restricted to its recipe's scope. The ranges are handed to
+    ``quantize_static`` as its own calibration cache, so calibrating once serves any number of
+    quantizations.
     """
+    if only is None:
+        only = recipe_scope(model, module)
+    if only is not None:
+        only = [n for n in only if n not in exclude]
+        if not only:  # ORT reads an empty nodes_to_quantize as "all nodes"
+            raise ConfigError(f"every INT8 layer of {module} is excluded; leave the module out "
+                              f"of INT8 instead", field="exclude")
     extra = {"TensorQuantOverrides": shared_overrides(model, ranges),
              "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)}
     with tempfile.TemporaryDirectory(prefix="bevdeploy-int8-") as tmp:

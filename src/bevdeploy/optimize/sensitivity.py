@@ -6,7 +6,12 @@ their last two path components, e.g. ``/backbone/layer2/layer2.0`` for a ResNet 
 ``/backbone/blocks.1`` for a SECOND stage) is quantized alone under the same calibrated ranges
 as the full quantization, and the module's outputs are compared with the FP32 module on the
 calibration feeds. Groups are ranked by their worst output cosine; the ``exclude`` column is the
-pattern that keeps a group in float (``bevdeploy optimize --exclude``).
+pattern that keeps a group in float (``bevdeploy optimize --exclude``). ``head.bbox``'s outputs
+are per top-k proposal, and a heatmap moved by rounding may legitimately list the same proposals
+in another order; its outputs are compared after pairing each proposal with its FP32 partner
+(``compare``'s ``align_proposals``), so the cosine measures values, not the order. Of the head
+only its convolutions are candidates (``int8.RECIPE_INCLUDES``), so ``layer`` granularity suits
+it best (its block names lump unrelated convs).
 
 A cosine says how far a module's tensors move, not whether the detector gets worse: a block
 that shifts the fused map's scale a little may cost no box, one that blurs the heatmap's peaks
@@ -47,13 +52,15 @@ from bevdeploy.data.frame import Frame
 from bevdeploy.errors import ConfigError
 from bevdeploy.optimize.calibrate import Feeds, frame_indices
 from bevdeploy.optimize.graph import weighted_nodes
-from bevdeploy.optimize.int8 import Int8Options, quantize
+from bevdeploy.optimize.int8 import Int8Options, quantize, recipe_scope
 from bevdeploy.package import DeployPackage
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends.base import RunnerOptions
 from bevdeploy.runtime.backends.onnxruntime import PROVIDERS, OnnxRuntimeRunner, session_options
 
 Granularity = Literal["layer", "block"]
+# Modules whose outputs are per top-k proposal: compared proposal by proposal, not by place.
+PROPOSAL_MODULES: tuple[str, ...] = ("head.bbox",)
 
 
 @dataclass(frozen=True)
@@ -275,11 +282,13 @@ class MapProbe:
 
 
 def layer_groups(model: onnx.ModelProto, granularity: Granularity,
-                 skip: Sequence[str] = ()) -> dict[str, list[str]]:
-    """Group name → weighted node names, in graph order (``skip``: nodes kept in float)."""
+                 skip: Sequence[str] = (), within: Collection[str] | None = None
+                 ) -> dict[str, list[str]]:
+    """Group name → weighted node names, in graph order (``skip``: nodes kept in float;
+    ``within``: the only nodes INT8 may touch, ``None``: all)."""
     groups: dict[str, list[str]] = {}
     for node in weighted_nodes(model):
-        if node.name in skip:
+        if node.name in skip or (within is not None and node.name not in within):
             continue
         key = node.name if granularity == "layer" else (node.name.rsplit("/", 2)[0] or node.name)
         groups.setdefault(key, []).append(node.name)
@@ -311,6 +320,24 @@ def run_all(model: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[list[np.ndar
     return [session.run(None, f) for f in feeds]
 
 
+def in_reference_order(module: str, model: onnx.ModelProto,
+                       reference: Sequence[Sequence[np.ndarray]],
+                       candidate: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    """``candidate``'s outputs with each proposal moved to its reference partner's place
+    (``PROPOSAL_MODULES``; other modules' outputs unchanged): top-k lists near-equal scores in
+    whatever order rounding gives them, which is no error of the values."""
+    if module not in PROPOSAL_MODULES:
+        return [list(frame) for frame in candidate]
+    from bevdeploy.eval.compare.comparators import align_proposals  # eval sits above optimize
+
+    names = [o.name for o in model.graph.output]
+    aligned = []
+    for ref, cand in zip(reference, candidate):
+        order = align_proposals(dict(zip(names, ref)), dict(zip(names, cand)))
+        aligned.append([np.asarray(c)[..., order] for c in cand])
+    return aligned
+
+
 def module_sensitivity(module: str, model: onnx.ModelProto, ranges: TensorsData,
                        feeds: Sequence[Feeds], options: Int8Options, *,
                        granularity: Granularity, exclude: Sequence[str] = (),
@@ -319,15 +346,20 @@ def module_sensitivity(module: str, model: onnx.ModelProto, ranges: TensorsData,
     group's mAP too (each quantized group is handed to the probe as soon as it is made, so a
     parallel probe scores while the next group is quantized)."""
     reference = run_all(model, feeds)
-    full = quantize(model, ranges, options, exclude=exclude)
-    full_cos, _ = output_agreement(reference, run_all(full, feeds))
+    full = quantize(model, ranges, options, module=module, exclude=exclude)
+    def agreement(quantized: onnx.ModelProto) -> tuple[float, float]:
+        outputs = in_reference_order(module, model, reference, run_all(quantized, feeds))
+        return output_agreement(reference, outputs)
+
+    full_cos, _ = agreement(full)
     weighted = [n.name for n in weighted_nodes(model)]
     results: list[GroupSensitivity] = []
 
     def quantized_groups() -> Iterator[dict[str, onnx.ModelProto]]:
-        for group, nodes in layer_groups(model, granularity, skip=exclude).items():
-            quantized = quantize(model, ranges, options, only=nodes)
-            cosine, rel = output_agreement(reference, run_all(quantized, feeds))
+        for group, nodes in layer_groups(model, granularity, skip=exclude,
+                                         within=recipe_scope(model, module)).items():
+            quantized = quantize(model, ranges, options, module=module, only=nodes)
+            cosine, rel = agreement(quantized)
             results.append(GroupSensitivity(module, group, tuple(nodes), cosine, rel,
                                             _patterns(module, group, nodes, weighted)))
             yield {module: quantized}

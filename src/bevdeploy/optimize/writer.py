@@ -14,11 +14,15 @@ module              --simplify  --fp16               --int8
 camera.backbone     yes         FP16 (if no --int8)  INT8 QDQ
 camera.vtransform   yes         FP16                 kept (FP32, or FP16 with --fp16)
 fuser               yes         FP16 (if no --int8)  INT8 QDQ
-head.bbox           yes         FP16, LN/Softmax/    kept (FP32, or FP16 with --fp16)
-                                TopK/Sigmoid FP32
+head.bbox           yes         FP16 (if no INT8     INT8 QDQ convolutions, decoder FP32;
+                                head), LN/Softmax/   with --no-int8-head kept (FP32, or
+                                TopK/Sigmoid FP32    FP16 with --fp16)
 lidar.backbone      no          no                   no: bevdeploy's sparse-conv executor
                                                      runs FP32 (INT8 SCN is libspconv's)
 ==================  ==========  ===================  ======================================
+
+The manifest's ``optimization.int8.layers`` names, per quantized module, the weighted layers
+that compute in INT8 and those that stay float, read back from the written graphs.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from bevdeploy.optimize.calibrate import CalibrationSet, Progress, calibration_s
 from bevdeploy.optimize.fp16 import FP32_OPS, fp32_nodes, to_fp16
 from bevdeploy.optimize.graph import QDQ_OPS, GraphStats, check_io_kept, int8_layers
 from bevdeploy.optimize.guard import check_finite
+from bevdeploy.optimize.graph import weighted_nodes
 from bevdeploy.optimize.int8 import (
-    INT8_MODULES, Int8Options, calibrate, check_patterns_used, excluded_nodes, quantize,
+    INT8_MODULES, Int8Options, calibrate, check_patterns_used, excluded_nodes, quantizable_names,
+    quantize,
 )
 from bevdeploy.optimize.sensitivity import (
     EvalFrames, EvalSource, Granularity, MapProbe, MapScorer, SensitivityReport, eval_frames,
@@ -82,7 +88,7 @@ class OptimizeOptions:
     calib: CalibrationSource | None = None
     sensitivity: Granularity | None = None
     sensitivity_map: EvalSource | None = None  # also score each group's mAP on these frames
-    sensitivity_modules: tuple[str, ...] = INT8_MODULES  # the modules whose groups are probed
+    sensitivity_modules: tuple[str, ...] | None = None  # modules probed; None: every INT8 one
     threads: int | None = None
     ray: RayOptions | None = None  # score the sensitivity_map probes on this Ray cluster
 
@@ -101,9 +107,10 @@ class OptimizeOptions:
         if self.ray is not None and self.sensitivity_map is None:
             raise ConfigError("the cluster scores the --sensitivity-map probes: give "
                               "--sensitivity --sensitivity-map", field="--ray")
-        unknown = sorted(set(self.sensitivity_modules) - set(INT8_MODULES))
+        quantized = INT8_MODULES if self.int8 is None else self.int8.modules
+        unknown = sorted(set(self.sensitivity_modules or ()) - set(quantized))
         if unknown:
-            raise ConfigError(f"{unknown} are not quantized; choose from {list(INT8_MODULES)}",
+            raise ConfigError(f"{unknown} are not quantized; choose from {list(quantized)}",
                               field="sensitivity_modules")
 
 
@@ -175,8 +182,8 @@ def optimize_package(src: str | Path, out: str | Path, options: OptimizeOptions,
     _check_out(pkg.root, out)
     if options.int8 is not None:  # a mistyped --exclude fails before minutes of calibration
         check_patterns_used(options.int8.excludes, {
-            m: [n.name for n in onnx.load(str(pkg.path(m)), load_external_data=False).graph.node]
-            for m in INT8_MODULES})
+            m: quantizable_names(onnx.load(str(pkg.path(m)), load_external_data=False), m)
+            for m in options.int8.modules})
     calib = None
     if options.calib is not None:
         c = options.calib
@@ -204,7 +211,7 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
     for entry in modules.values():
         shutil.copy2(pkg.root / entry.file, staging / entry.file)
     int8 = options.int8
-    quantized = [m for m in INT8_MODULES if int8 is not None]
+    quantized = list(int8.modules) if int8 is not None else []
     sources = {name: onnx.load(str(pkg.path(name))) for name in DENSE_MODULES}
     if options.simplify:
         sources = {name: _kept_io(name, model, slim(model), "simplify", pkg)
@@ -212,13 +219,14 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
     excluded: dict[str, list[str]] = {}
     if int8 is not None:
         excluded = {m: excluded_nodes(sources[m], m, int8.excludes) for m in quantized}
-        check_patterns_used(int8.excludes, {m: [n.name for n in sources[m].graph.node]
+        check_patterns_used(int8.excludes, {m: quantizable_names(sources[m], m)
                                             for m in quantized})
     ranges = {m: calibrate(sources[m], calib.feeds[m], int8)
               for m in quantized} if int8 is not None and calib is not None else {}
 
     changes = []
     int8_models: dict[str, onnx.ModelProto] = {}  # as written: the all-INT8 mAP's modules
+    layers: dict[str, dict[str, list[str]]] = {}  # module → INT8 and float weighted layers
     for name in DENSE_MODULES:
         entry = modules[name]
         before = onnx.load(str(pkg.path(name)))
@@ -227,11 +235,17 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
             passes.append("simplify")
         float_layers: tuple[str, ...] = ()
         if name in ranges:
-            model = _kept_io(name, model, quantize(model, ranges[name], int8,
+            source = model
+            model = _kept_io(name, model, quantize(model, ranges[name], int8, module=name,
                                                    exclude=excluded[name]), "int8", pkg)
             passes.append("int8")
             precision, float_layers = "int8", tuple(excluded[name])
             int8_models[name] = model
+            computed = set(int8_layers(model))
+            layers[name] = {"int8": [n.name for n in weighted_nodes(source)
+                                     if n.name in computed],
+                            "float": [n.name for n in weighted_nodes(source)
+                                      if n.name not in computed]}
         elif options.fp16:
             model = _kept_io(name, model, to_fp16(model), "fp16", pkg)
             passes.append("fp16")
@@ -254,7 +268,8 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
     if options.sensitivity is not None and int8 is not None and calib is not None:
         full, groups = {}, []
         with _map_probe(pkg, evaluation, options) as probe:
-            for m in [q for q in quantized if q in options.sensitivity_modules]:
+            for m in [q for q in quantized
+                      if options.sensitivity_modules is None or q in options.sensitivity_modules]:
                 full[m], found = module_sensitivity(m, sources[m], ranges[m], calib.feeds[m],
                                                     int8, granularity=options.sensitivity,
                                                     exclude=excluded[m], probe=probe)
@@ -267,7 +282,7 @@ def _build(pkg: DeployPackage, staging: Path, options: OptimizeOptions,
                               evaluation=probe.describe())
         (staging / SENSITIVITY_FILE).write_text(report.to_json(), encoding="utf-8")
 
-    record = _record(pkg, options, calib, changes, excluded, report)
+    record = _record(pkg, options, calib, changes, excluded, layers, report)
     manifest = dataclasses.replace(pkg.manifest, modules=modules, optimization=record)
     (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     load_package(staging)  # every hash and the manifest schema, before it becomes visible
@@ -300,7 +315,8 @@ def _kept_io(name: str, before: onnx.ModelProto, after: onnx.ModelProto, step: s
 
 def _record(pkg: DeployPackage, options: OptimizeOptions, calib: CalibrationSet | None,
             changes: list[ModuleChange], excluded: dict[str, list[str]],
-            report: SensitivityReport | None) -> dict[str, Any]:
+            layers: dict[str, dict[str, list[str]]], report: SensitivityReport | None
+            ) -> dict[str, Any]:
     """The manifest's ``optimization`` block: enough to reproduce and to audit the package."""
     passes = [p for p, on in (("simplify", options.simplify), ("int8", options.int8 is not None),
                               ("fp16", options.fp16)) if on]
@@ -318,8 +334,7 @@ def _record(pkg: DeployPackage, options: OptimizeOptions, calib: CalibrationSet 
         "tools": tools,
         "calibration": None if calib is None else calib.describe(),
         "int8": None if options.int8 is None else {
-            **options.int8.describe(), "modules": list(INT8_MODULES),
-            "excluded_nodes": excluded},
+            **options.int8.describe(), "excluded_nodes": excluded, "layers": layers},
         "fp16": {"fp32_ops": list(FP32_OPS), "io": "float32 (keep_io_types)"}
         if options.fp16 else None,
         "modules": {c.module: {
