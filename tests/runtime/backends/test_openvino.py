@@ -313,3 +313,15 @@ def test_compare_runs_on_openvino(trained_tiny_package, synthetic_world, tmp_pat
     assert result.exit_code == 0, result.output
     assert "backend openvino" in result.output
     assert json.loads(report.read_text())["backend"] == "openvino"
+
+
+def test_both_cpu_runners_flush_subnormals(trained_tiny_package):
+    """Equal numerics, and times that do not depend on which runtime loaded first (each sets
+    the flush mode on the loading thread too)."""
+    from bevdeploy.runtime.backends.onnxruntime import session_options
+
+    assert session_options(RunnerOptions()).get_session_config_entry(
+        "session.set_denormal_as_zero") == "1"
+    pkg = load_package(trained_tiny_package)
+    runner = create_runner("openvino", pkg.path("fuser"), pkg.module("fuser"), RunnerOptions())
+    assert runner.compiled.get_property("CPU_DENORMALS_OPTIMIZATION") is True

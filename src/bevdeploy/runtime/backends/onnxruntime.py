@@ -12,6 +12,14 @@ thread pool, and after a run its workers busy-wait for more work; in a pipeline 
 to run is another session or a numba kernel, which then shares its cores with those spinning
 workers (measured: docs/bench/notes.md#onnx-runtime-spinning).
 
+Subnormal floats are flushed to zero (``session.set_denormal_as_zero``), as the OpenVINO
+runner does: the random-weight r50 package's camera BEV grid and fuser inputs carry subnormals
+(depth probabilities from the softmax's tails times features), over which FP32 convolutions
+ran 3–7× slower; flushing changes only values below 1.2e-38. Both runtimes set the flush mode
+on the thread that creates the session too (measured), so with only one of them flushing the
+other's times would depend on which loaded first
+(docs/bench/notes.md#openvino-vs-onnx-runtime-on-the-cpu).
+
 At load the session's own inputs and outputs are compared with the manifest, so a package whose
 ONNX file and manifest disagree is refused with a ``PackageError`` before any frame runs.
 """
@@ -62,6 +70,7 @@ def session_options(options: RunnerOptions) -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning",
                                 "1" if options.spinning else "0")
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     return so
 
 
