@@ -5,7 +5,9 @@ glance, and shows side by side how the reference, the packages and the schedules
 Each segment is a stage's median time; a black tick marks the variant's median end-to-end
 total. Under a schedule that overlaps stages (branches, frames) the segments add up to more
 than the total, and the tick shows by how much; in the sequential schedule the gap between
-the bar's end and the tick is the time outside the stages.
+the bar's end and the tick is the time outside the stages. A dotted black tick marks the
+variant's floor (``bench.roofline``) where it has one: the distance between the two ticks is
+what is left to gain at this machine's measured peaks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from bevdeploy.bench.report import STAGE_ORDER, BenchReport
+from bevdeploy.bench.roofline import Floor
 from bevdeploy.io import atomic_file
 
 
@@ -44,14 +47,21 @@ def latency_chart(report: BenchReport, path: str | Path) -> Path:
             left += stat.median_ms
         total = result.total.median_ms
         ax.plot([total, total], [i - 0.42, i + 0.42], color="black", linewidth=2)
-        ax.text(max(left, total) * 1.01, i, f"{total:.0f} ms", va="center", fontsize=8)
+        floor = report.floor(result)
+        text = f"{total:.0f} ms"
+        if isinstance(floor, Floor):
+            ax.plot([floor.total_ms] * 2, [i - 0.42, i + 0.42], color="black", linewidth=2,
+                    linestyle=":")
+            text += f" ({floor.ratio:.2f}× floor)"
+        ax.text(max(left, total) * 1.01, i, text, va="center", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("median ms per frame (segments: stages; black tick: end-to-end total)")
+    ax.set_xlabel("median ms per frame (segments: stages; black tick: end-to-end total; "
+                  "dotted tick: the floor at this machine's peaks)")
     ax.set_title(f"bevdeploy bench: {report.frames} frames after {report.warmup} warm-up, "
                  f"{report.threads} threads", fontsize=9)
     ax.set_xlim(0, max(max(sum(s.median_ms for s in r.stages.values()), r.total.median_ms)
-                       for r in report.results) * 1.15)
+                       for r in report.results) * 1.3)
     handles, names = ax.get_legend_handles_labels()
     order = sorted(range(len(names)), key=lambda k: stages.index(names[k]))  # pipeline order
     ax.legend([handles[k] for k in order], [names[k] for k in order], fontsize=7,
