@@ -6,10 +6,11 @@ small sgemm calls. On a CPU with AMX or AVX-512 BF16, oneDNN's BF16 MatMul (Open
 plugin) is fast enough to pay for an *implicit* GEMM that also multiplies the zeros of the
 missing neighbours: each conv is one ``(M_out, K·C_in) × (K·C_in, C_out)`` product. It pays
 only for wide layers: on a 120k-voxel nuScenes-resnet50 frame, 2 cores with AMX, the
-128-channel layers ran about 3× faster than FP32, the 64-channel ones 1.7×, the 32-channel
-ones no faster and the 16-channel ones slower (the zeros cost more than the GEMM saves), so
-only convs with at least ``MIN_CHANNELS`` input channels go this way; the others stay on the
-FP32 kernel (docs/bench/notes.md#scn-in-bf16).
+128-channel convs ran 2.2× faster than the FP32 kernel and the 64-channel ones 1.4×, while as
+single layers the 32-channel ones were no faster and the 16-channel ones 2.7× slower (the
+zeros, 40–70 % of their gathered rows, cost more than the GEMM saves), so only convs with at
+least ``MIN_CHANNELS`` input channels go this way; the others stay on the FP32 kernel
+(docs/bench/notes.md#scn-in-bf16).
 
 The graph of one conv, compiled once at executor construction with a dynamic voxel count and
 ``INFERENCE_PRECISION_HINT=bf16``: the features get a zero row appended; ``Gather`` takes the
