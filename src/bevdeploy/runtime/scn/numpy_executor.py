@@ -111,9 +111,9 @@ class ScnExecutor:
     ``bf16``: the convs with at least ``bf16.MIN_CHANNELS`` input channels then run as BF16
     implicit GEMMs through OpenVINO on as many threads (``bevdeploy.runtime.scn.bf16``; needs
     the ``openvino`` extra and a CPU with AVX-512 BF16 or AMX, else a ``ConfigError``);
-    ``bf16_convs`` names them. ``sparse_shape``, ``in_channels`` and ``output_shape`` describe the graph's input grid and features and its dense output. The
-    executor holds no per-frame state besides ``last_timings``; one instance must not run two
-    frames at once.
+    ``bf16_convs`` names them. ``sparse_shape``, ``in_channels`` and ``output_shape`` describe
+    the graph's input grid and features and its dense output. The executor holds no per-frame
+    state besides ``last_timings``; one instance must not run two frames at once.
     """
 
     def __init__(self, graph: ScnGraph, *, threads: int | None = None,

@@ -39,10 +39,12 @@ times, and BLAS's own threads contend with the gather/scatter threads.
 **What bounds it.** With the gathers and scatters removed, the same sgemm calls alone take
 70–90 % of a 32–128-channel layer's time and run at only 70–85 % of the machine's 2-thread
 GEMM peak (a few hundred rows, 32–128 channels, one thread each), so the executor stays near
-half the peak overall; the 16-channel layers are bound by the data movement instead. Stacking the dense offsets side by side into one ``(rows, g·C_in)`` GEMM (an
-implicit GEMM with zeros for missing neighbours) was measured too and did not pay: a few
-percent better at 32–64 channels, 10–15 % worse at 16 and 128
-(docs/bench/notes.md#scn-gemm-rate).
+half the peak overall; the 16-channel layers are bound by the data movement instead.
+Stacking the dense offsets side by side into one ``(rows, g·C_in)`` GEMM (an implicit GEMM
+with zeros for missing neighbours) was measured too and did not pay: a few percent better at
+32–64 channels, 10–15 % worse at 16 and 128 (docs/bench/notes.md#scn-gemm-rate). Where the
+CPU has native BF16, the executor's BF16 option moves the wide convs to oneDNN's GEMM
+(``bevdeploy.runtime.scn.bf16``).
 
 The GEMM calls go to the BLAS numba binds (SciPy's). They run inside numba's parallel
 region, so BLAS must be single-threaded meanwhile: callers wrap a run in ``blas_single_thread``.
