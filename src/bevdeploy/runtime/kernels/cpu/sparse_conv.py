@@ -37,7 +37,7 @@ offset) measured 2–5× slower per layer: it streams every gathered row through
 times, and BLAS's own threads contend with the gather/scatter threads.
 
 **What bounds it.** With the gathers and scatters removed, the same sgemm calls alone take
-70–90 % of a 32–128-channel layer's time and run at only 70–85 % of the machine's 2-thread
+70–85 % of a 32–128-channel layer's time and run at only 65–80 % of the machine's 2-thread
 GEMM peak (a few hundred rows, 32–128 channels, one thread each), so the executor stays near
 half the peak overall; the 16-channel layers are bound by the data movement instead.
 Stacking the dense offsets side by side into one ``(rows, g·C_in)`` GEMM (an implicit GEMM
