@@ -338,3 +338,16 @@ def test_both_cpu_runners_flush_subnormals(trained_tiny_package):
     pkg = load_package(trained_tiny_package)
     runner = create_runner("openvino", pkg.path("fuser"), pkg.module("fuser"), RunnerOptions())
     assert runner.compiled.get_property("CPU_DENORMALS_OPTIMIZATION") is True
+
+
+def test_branches_schedule_runs_openvino_runners_on_two_threads(trained_tiny_package, frames):
+    """The camera branch's runners on the worker thread, the fuser and head on the caller's:
+    the same boxes as one thread."""
+    with Pipeline(trained_tiny_package, backend="openvino", threads=2,
+                  schedule="branches") as branches, \
+            Pipeline(trained_tiny_package, backend="openvino", threads=2) as sequential:
+        for frame in frames:
+            found, expected = branches.run(frame), sequential.run(frame)
+            assert len(found) == len(expected) > 0
+            np.testing.assert_array_equal(found.labels, expected.labels)
+            np.testing.assert_allclose(found.boxes, expected.boxes, atol=1e-5)
