@@ -135,19 +135,23 @@ def openvino_check() -> Check:
 
 def auto_check() -> Check:
     """What ``--backend auto`` picks on this CPU for an FP32 package, an INT8 package and BF16
-    inference precision (``runtime.backends.auto``), each with its reason."""
+    inference precision (``runtime.backends.auto``); the reason of each is printed when a
+    command runs with ``--backend auto``."""
     from bevdeploy.errors import ConfigError
-    from bevdeploy.runtime.backends.auto import choose_backend
+    from bevdeploy.runtime.backends.auto import (INT8_DOT_FEATURES, choose_backend, host_features,
+                                                 openvino_status)
 
+    dots = "/".join(sorted(host_features() & set(INT8_DOT_FEATURES))) or "no AVX-512 VNNI/AMX"
     parts = []
     for label, precisions, inference in (("fp32 package", ["fp32"], "fp32"),
-                                         ("int8 package", ["int8", "fp32"], "fp32"),
+                                         (f"int8 package ({dots})", ["int8", "fp32"], "fp32"),
                                          ("bf16", ["fp32"], "bf16")):
         try:
-            choice = choose_backend(precisions, inference)
-            parts.append(f"{label} → {choice.backend} ({choice.reason})")
-        except ConfigError as exc:
-            parts.append(f"{label} → refused ({exc})")
+            parts.append(f"{label} → {choose_backend(precisions, inference).backend}")
+        except ConfigError:
+            installed = openvino_status()[0]
+            parts.append(f"{label} → refused ("
+                         + ("no native BF16 here)" if installed else "openvino not installed)"))
     return Check("backend auto", True, "; ".join(parts))
 
 

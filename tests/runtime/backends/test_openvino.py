@@ -281,7 +281,7 @@ def test_without_openvino_the_backend_says_how_to_install_it(trained_tiny_packag
     (["int8", "fp32"], "fp32", {"avx512vnni"}, (True, False), "openvino", "avx512vnni"),
     (["int8", "fp32"], "fp32", {"amx-int8"}, (True, False), "openvino", "amx-int8"),
     (["int8", "fp32"], "fp32", {"avx2", "avxvnni"}, (True, False), "onnxruntime", "without"),
-    (["int8", "fp32"], "fp32", {"avx2", "fma"}, (True, False), "onnxruntime", "without AVX-512 VNNI"),
+    (["int8", "fp32"], "fp32", {"avx2", "fma"}, (True, False), "onnxruntime", "AVX-512 VNNI"),
     (["int8", "fp32"], "fp32", {"amx-int8"}, (False, False), "onnxruntime", "not installed"),
     (["fp32"], "bf16", {"avx2"}, (True, True), "openvino", "BF16"),
 ])
@@ -351,3 +351,14 @@ def test_branches_schedule_runs_openvino_runners_on_two_threads(trained_tiny_pac
             assert len(found) == len(expected) > 0
             np.testing.assert_array_equal(found.labels, expected.labels)
             np.testing.assert_allclose(found.boxes, expected.boxes, atol=1e-5)
+
+
+def test_doctor_shows_openvino_and_what_auto_picks_here():
+    from bevdeploy.doctor import auto_check, openvino_check
+
+    row = openvino_check()
+    assert row.ok and ("BF16" in row.detail.split()) == HAS_BF16
+    detail = auto_check().detail
+    assert f"fp32 package → {choose_backend(['fp32']).backend}" in detail
+    assert f"→ {choose_backend(['int8']).backend}" in detail.split(";")[1]
+    assert ("bf16 → openvino" if HAS_BF16 else "bf16 → refused") in detail
