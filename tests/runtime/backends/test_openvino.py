@@ -362,3 +362,34 @@ def test_doctor_shows_openvino_and_what_auto_picks_here():
     assert f"fp32 package → {choose_backend(['fp32']).backend}" in detail
     assert f"→ {choose_backend(['int8']).backend}" in detail.split(";")[1]
     assert ("bf16 → openvino" if HAS_BF16 else "bf16 → refused") in detail
+
+
+def test_dynamic_graph_dimensions_follow_the_manifest(trained_tiny_package, feeds, tmp_path):
+    """A graph whose batch dimension is symbolic: compiled static where the manifest fixes it,
+    left dynamic (its output copied out of the request) where the manifest names it too."""
+    import onnx
+
+    pkg = load_package(trained_tiny_package)
+    entry = pkg.module("camera.vtransform")
+    model = onnx.load(pkg.path(entry.name))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    path = tmp_path / "vtransform.onnx"
+    onnx.save(model, path)
+    x = feeds["camera.vtransform"]["feat_in"]
+    expected = create_runner("onnxruntime", pkg.path(entry.name), entry, RunnerOptions()).run(
+        {"feat_in": x})
+    fixed = ovb.OpenVinoRunner.load(path, entry, RunnerOptions())
+    assert fixed.compiled.inputs[0].get_partial_shape().is_static
+    assert_close(fixed.run({"feat_in": x}), expected, rel=FP32_REL, cos=FP32_COS, what="fixed")
+    symbolic = replace(entry, inputs=(replace(entry.inputs[0], shape=("batch", *x.shape[1:])),),
+                       outputs=(replace(entry.outputs[0],
+                                        shape=("batch", *entry.outputs[0].shape[1:])),))
+    dynamic = ovb.OpenVinoRunner.load(path, symbolic, RunnerOptions())
+    assert not dynamic.compiled.inputs[0].get_partial_shape().is_static
+    first = dynamic.run({"feat_in": x})
+    assert_close(first, expected, rel=FP32_REL, cos=FP32_COS, what="dynamic")
+    kept = first["feat_out"].copy()
+    two = dynamic.run({"feat_in": np.concatenate([x, x[..., ::-1]])})["feat_out"]
+    assert two.shape[0] == 2
+    np.testing.assert_array_equal(first["feat_out"], kept)  # not overwritten by the next call
