@@ -5,12 +5,12 @@ dense modules of ``nuscenes-resnet50``, both runners side by side in one process
 AVX-512 VNNI + BF16 + AMX Xeon):
 
 * **INT8** modules on a CPU with AVX-512 VNNI or AMX: OpenVINO, whose INT8 kernels ran the INT8
-  backbone and fuser 2.8–3.5× faster than ONNX Runtime's there, and still 1.22–1.28× faster
+  backbone and fuser 2.6–3.5× faster than ONNX Runtime's there, and still 1.22–1.28× faster
   with OpenVINO held to AVX-512 VNNI (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``, no AMX; ONNX
   Runtime not held back).
 * **BF16** inference precision: only OpenVINO has it (and only where its CPU plugin reports
   BF16), so asking for it picks OpenVINO or is refused.
-* **FP32** packages: ONNX Runtime, the default. OpenVINO's FP32 ran 0.92–1.03× ONNX Runtime's
+* **FP32** packages: ONNX Runtime, the default. OpenVINO's FP32 ran 0.92–1.10× ONNX Runtime's
   on the same modules: the same class of AVX-512 FP32 kernels, nothing to gain from a switch.
 * Without AVX-512 VNNI (AVX2, or AVX-VNNI's 256-bit form) nothing was measured in OpenVINO's
   favour, so ONNX Runtime stays: held to AVX2-VNNI, OpenVINO's INT8 ran 0.78–0.87× of an ONNX
