@@ -86,6 +86,37 @@ def test_the_engine_picks_its_own_peaks_and_a_missing_one_is_a_reason() -> None:
     assert bare.floor(ov) == "the peaks were not measured"
 
 
+def test_at_bf16_the_scn_wide_convs_are_priced_at_openvinos_bf16_matmul_peak() -> None:
+    """BF16 inference precision runs the SCN's wide convs through OpenVINO (runtime.scn.bf16):
+    their MACs at its BF16 MatMul peak, the others at SciPy's SGEMM peak; at FP32 nothing
+    changes, and a missing BF16 peak is a reason, not a floor at the wrong rate."""
+    bf16_peaks = Peaks(rates=[*PEAKS.rates, _peak("openvino", "bf16", 1000.0)])
+    fp32 = dict.fromkeys(MACS, "fp32")
+    variant = Variant("tiny · openvino · sequential", "tiny", "p", "openvino", "sequential", 2,
+                      inference_precision="bf16")
+    samples = {k: [v] * 3 for k, v in STAGES_MS.items()}
+    result = VariantResult(variant=variant, precision="x", weights="w",
+                           samples={**samples, "total": [200.0] * 3}, wall_s=0.6, frames=3,
+                           distinct_frames=3, peak_rss_mb=900.0, baseline_rss_mb=300.0,
+                           geometry_computed=1, engine="openvino",
+                           module_precisions=dict.fromkeys(MACS, "bf16"))
+    report = BenchReport(results=[result], source=FrameSource("/d"), frames=3, warmup=1,
+                         threads=2, gemm_gflops=400.0, dense_macs={"tiny": MACS},
+                         scn_macs={"tiny": 3 * GMAC}, scn_bf16_macs={"tiny": 2 * GMAC},
+                         peaks=bf16_peaks)
+    scn = {t.part: t for t in report.floor(result).terms}["scn"]
+    # 1 GMAC at scipy's 200 GFLOP/s (10 ms) + 2 GMAC at OpenVINO BF16's 1000 (4 ms)
+    assert scn.floor_ms == pytest.approx(14.0)
+    assert scn.engine == "scipy + openvino" and scn.precision == "bf16 67% + fp32"
+    plain = _result("openvino", fp32, total_ms=300.0)
+    report.results = [plain]
+    assert {t.part: t for t in report.floor(plain).terms}["scn"].floor_ms == pytest.approx(30.0)
+    report.results = [result]
+    report.peaks = Peaks(rates=[*PEAKS.rates, _peak("openvino", "bf16", 1000.0, "conv")])
+    assert report.floor(result) == ("no openvino bf16 MatMul peak was measured (the SCN's "
+                                    "BF16 convs)")
+
+
 def test_the_json_carries_peaks_floors_and_the_blas(tmp_path) -> None:
     int8 = _result("onnxruntime", INT8, total_ms=250.0)
     reference = _result("torch", dict.fromkeys(MACS, "fp32"), total_ms=900.0)

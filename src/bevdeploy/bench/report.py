@@ -104,6 +104,8 @@ class BenchReport:
     gemm_gflops: float  # measured float32 GEMM rate, FLOPs (2 per MAC)
     dense_macs: dict[str, dict[str, int]] = field(default_factory=dict)  # preset → module → MACs
     scn_macs: dict[str, int] = field(default_factory=dict)  # preset → SCN MACs, median frame
+    # preset → the part of those in the convs BF16 inference precision runs through OpenVINO
+    scn_bf16_macs: dict[str, int] = field(default_factory=dict)
     peaks: Peaks | None = None  # bench.peaks: per engine and precision; None: not measured
     blas: list[dict[str, Any]] = field(default_factory=list)  # bench.machine.blas_libraries
     isa_overrides: dict[str, str] = field(default_factory=dict)  # bench.machine.isa_overrides
@@ -168,6 +170,7 @@ class BenchReport:
                              result.total.median_ms, result.engine, result.module_precisions,
                              self.dense_macs.get(preset, {}), self.scn_macs.get(preset),
                              self.peaks, float_precision=result.variant.inference_precision,
+                             scn_bf16_macs=self.scn_bf16_macs.get(preset),
                              mac_mixes=self.mac_mixes.get(result.variant.package))
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +206,7 @@ class BenchReport:
                             "minus the resident set after the frames were loaded and before "
                             "the variant's libraries and model"),
             "dense_macs": self.dense_macs, "scn_macs": self.scn_macs,
+            "scn_bf16_macs": self.scn_bf16_macs,
             "mac_mixes": self.mac_mixes,
             "floor": ROOFLINE_NOTE, "notes": self.notes, "variants": variants,
         }

@@ -12,7 +12,8 @@ machine measured for it (``bench.peaks``), one part after another on the whole t
   float decoder) at the float peak of its inference precision;
 * the SCN: its convolutions' MACs on the timed frames (``ScnExecutor.conv_macs``: rulebook
   pairs × C_in × C_out, median over the frames) at the SGEMM peak of the BLAS its executor
-  calls (SciPy's);
+  calls (SciPy's); at BF16 inference precision, the wide convs' share (those
+  ``runtime.scn.bf16`` runs as implicit GEMMs) at OpenVINO's BF16 MatMul peak instead;
 * the kernels (points, voxelize, normalize, depth, geometry, bevpool, decode, ...): their own
   measured median times: they move bytes rather than multiply, and have their own floors in
   ``bevdeploy bench-kernels``.
@@ -38,6 +39,7 @@ ROOFLINE_NOTE = ("floor = Σ dense MACs / the peak of the precision each compute
                  "the floor (below 1 only where a schedule overlaps stages).")
 SCN_STAGE = "scn"
 SCN_ENGINE = ("scipy", "fp32")  # the SCN executor's GEMMs: numba's np.dot → SciPy's sgemm
+SCN_BF16_ENGINE = ("openvino", "bf16", "matmul")  # its wide convs at BF16 (runtime.scn.bf16)
 NOT_KERNELS = frozenset({*DENSE_MODULES, SCN_STAGE, "total"})
 
 
@@ -79,13 +81,15 @@ class Floor:
 def variant_floor(stage_ms: Mapping[str, float], total_ms: float, engine: str,
                   precisions: Mapping[str, str], dense_macs: Mapping[str, int],
                   scn_macs: int | None, peaks: Peaks, *, float_precision: str = "fp32",
-                  mac_mixes: Mapping[str, Mapping[str, float] | None] | None = None
-                  ) -> Floor | str:
+                  mac_mixes: Mapping[str, Mapping[str, float] | None] | None = None,
+                  scn_bf16_macs: int | None = None) -> Floor | str:
     """The floor of a variant whose stages took ``stage_ms`` (medians) and whose total took
     ``total_ms``, its dense modules run by ``engine`` at ``precisions`` (module → fp32, int8,
     bf16, ...). A module's ``mac_mixes`` (``bench.graph_macs.mac_mix``) put each share of its
     MACs at the peak of its layer kind and precision (an INT8 module's float layers at
-    ``float_precision``); without one, all its MACs at its precision's better problem. Or,
+    ``float_precision``); without one, all its MACs at its precision's better problem. At
+    ``float_precision`` ``bf16`` the SCN's ``scn_bf16_macs`` are priced at OpenVINO's BF16
+    MatMul peak, the rest of its MACs at SciPy's SGEMM peak. Or,
     where a part has no MACs or no measured peak, the reason it has none."""
     terms = []
     for module in DENSE_MODULES:
@@ -117,8 +121,17 @@ def variant_floor(stage_ms: Mapping[str, float], total_ms: float, engine: str,
         peak = peaks.peak(*SCN_ENGINE)
         if scn_macs is None or peak is None:
             return "the SCN's MACs or its BLAS's SGEMM peak were not measured"
-        terms.append(FloorTerm(SCN_STAGE, scn_macs, SCN_ENGINE[0], SCN_ENGINE[1], peak,
-                               2e3 * scn_macs / (peak * 1e9), stage_ms[SCN_STAGE]))
+        seconds = 2 * scn_macs / (peak * 1e9)
+        engine_name, precision_name = SCN_ENGINE
+        if float_precision == "bf16" and scn_bf16_macs:
+            bf16_peak = peaks.peak(*SCN_BF16_ENGINE)
+            if bf16_peak is None:
+                return "no openvino bf16 MatMul peak was measured (the SCN's BF16 convs)"
+            seconds += 2 * scn_bf16_macs * (1 / (bf16_peak * 1e9) - 1 / (peak * 1e9))
+            engine_name = f"{SCN_ENGINE[0]} + {SCN_BF16_ENGINE[0]}"
+            precision_name = f"bf16 {scn_bf16_macs / scn_macs:.0%} + fp32"
+        terms.append(FloorTerm(SCN_STAGE, scn_macs, engine_name, precision_name,
+                               2 * scn_macs / seconds / 1e9, 1e3 * seconds, stage_ms[SCN_STAGE]))
     kernels = sum(ms for stage, ms in stage_ms.items() if stage not in NOT_KERNELS)
     terms.append(FloorTerm("kernels", None, None, None, None, kernels, kernels))
     return Floor(tuple(terms), sum(t.floor_ms for t in terms), total_ms)

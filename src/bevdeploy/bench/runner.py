@@ -273,24 +273,33 @@ def dense_macs(preset: Any, frame: Any) -> dict[str, int]:
     return count_dense_macs(model, collate([frame], preset), DENSE_MODULE_PARTS)
 
 
-def scn_macs(pkg: Any, frames: Sequence[Any]) -> int:
+def scn_macs(pkg: Any, frames: Sequence[Any]) -> tuple[int, int]:
     """The median over ``frames`` of the SCN's convolution MACs (``ScnExecutor.conv_macs``,
-    summed over its layers) on each frame's voxels: the sparse work the roofline floors."""
+    summed over its layers) on each frame's voxels: the sparse work the roofline floors; and
+    the median of the part in the convs that BF16 inference precision moves to OpenVINO
+    (``scn.bf16.MIN_CHANNELS`` input channels and more)."""
     import statistics
 
     from bevdeploy.runtime.scn import ScnExecutor
+    from bevdeploy.runtime.scn.bf16 import MIN_CHANNELS
     from bevdeploy.runtime.stages.voxelize import VoxelizeParams, VoxelizeStage
-    from bevdeploy.scn_format import read_scn
+    from bevdeploy.scn_format import SparseConv, read_scn
     from bevdeploy.vocabulary import SCN_MODULE
 
+    graph = read_scn(pkg.path(SCN_MODULE))
+    wide = {layer.name for layer in graph.layers
+            if isinstance(layer, SparseConv) and layer.in_channels >= MIN_CHANNELS}
     voxelize = VoxelizeStage(VoxelizeParams.from_package(pkg))
-    executor = ScnExecutor(read_scn(pkg.path(SCN_MODULE)))
-    per_frame = {}
+    executor = ScnExecutor(graph)
+    per_frame: dict[int, tuple[int, int]] = {}
     for frame in frames:
         if id(frame) not in per_frame:  # load_frames cycles the same objects
             voxels = voxelize.run(voxelize.select(frame.points))
-            per_frame[id(frame)] = sum(executor.conv_macs(voxels.coords).values())
-    return int(statistics.median(per_frame[id(f)] for f in frames))
+            layers = executor.conv_macs(voxels.coords)
+            per_frame[id(frame)] = (sum(layers.values()),
+                                    sum(m for name, m in layers.items() if name in wide))
+    return (int(statistics.median(per_frame[id(f)][0] for f in frames)),
+            int(statistics.median(per_frame[id(f)][1] for f in frames)))
 
 
 def mac_mixes(variants: Sequence[Variant]) -> dict[str, dict[str, dict[str, float] | None]]:
@@ -332,13 +341,14 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
     before = measure_peaks(threads, seconds=peak_seconds)
     counted: dict[str, dict[str, int]] = {}
     sparse: dict[str, int] = {}
+    sparse_wide: dict[str, int] = {}
     mixes = mac_mixes(variants)
     for v in variants:
         if v.preset not in sparse:
             progress(f"counting the SCN MACs of {v.preset} on the timed frames")
             pkg = load_package(v.package)
             sequence, _ = load_frames(source, pkg.preset, warmup + frames)
-            sparse[v.preset] = scn_macs(pkg, sequence[warmup:])
+            sparse[v.preset], sparse_wide[v.preset] = scn_macs(pkg, sequence[warmup:])
     if macs:
         try:
             import torch  # noqa: F401  (only to learn whether MACs can be counted)
@@ -363,7 +373,8 @@ def run_bench(variants: Sequence[Variant], source: FrameSource, *, frames: int, 
         notes.append(f"the split has {distinct} frame(s): they are cycled")
     report = BenchReport(results=list(results), source=source, frames=frames, warmup=warmup,
                          threads=threads, gemm_gflops=peaks.peak("numpy", "fp32") or 0.0,
-                         dense_macs=counted, scn_macs=sparse, peaks=peaks, mac_mixes=mixes,
+                         dense_macs=counted, scn_macs=sparse, scn_bf16_macs=sparse_wide,
+                         peaks=peaks, mac_mixes=mixes,
                          blas=blas_libraries(), isa_overrides=isa_overrides(), notes=notes)
     report.warnings = peak_warnings(report, before, after)
     report.notes += report.warnings

@@ -51,6 +51,7 @@ from bevdeploy.runtime.backends import Runner, RunnerOptions, create_runner
 from bevdeploy.runtime.backends.auto import AUTO, choose_for_package
 from bevdeploy.runtime.backends.base import OptimizationLevel
 from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig, GpuOptions
+from bevdeploy.runtime.devices import Precision
 from bevdeploy.runtime.frame_checks import check_frame, frame_label, name_failure
 from bevdeploy.runtime.schedules import (CameraInputs, DeviceSchedule, Schedule, frame_pipelined,
                                          numba_threads, resolve_schedule)
@@ -139,7 +140,9 @@ class Pipeline:
             default_schedule(backend, options))
         # each stage on the host, or on the device a DeviceSchedule names for it
         place: dict[str, str] = {}
-        scn_precision = "fp32"
+        # ``bf16`` inference precision is the CPU's own precision for every float GEMM: the host
+        # SCN's wide convs too (runtime/scn/bf16.py, docs/bench/notes.md#scn-in-bf16)
+        scn_precision: Precision = options.inference_precision
         if isinstance(self.schedule, DeviceSchedule):
             place, scn_precision = dict(self.schedule.device_stages), self.schedule.precision
         self.normalize = NormalizeStage(NormalizeParams.from_package(pkg),

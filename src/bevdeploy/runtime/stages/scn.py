@@ -35,9 +35,9 @@ class ScnParams:
 
 class ScnStage:
     """``run(feats (M, F), coords (M, 3) int32 xyz) → (1, C·Z, X, Y)``: float32 numpy arrays on
-    the host (``device=None``: ``ScnExecutor`` on ``threads`` numba threads), tensors on a torch
-    device (``TorchScnExecutor`` in ``precision``, its weights converted when the stage is
-    built)."""
+    the host (``device=None``: ``ScnExecutor`` on ``threads`` numba threads, its wide convs in
+    BF16 through OpenVINO when ``precision`` is ``bf16``), tensors on a torch device
+    (``TorchScnExecutor`` in ``precision``, its weights converted when the stage is built)."""
 
     name = "scn"
 
@@ -47,7 +47,7 @@ class ScnStage:
         self.device = device
         graph = read_scn(params.path)
         if device is None:
-            self.executor: Any = ScnExecutor(graph, threads=threads)
+            self.executor: Any = ScnExecutor(graph, threads=threads, precision=precision)
         else:
             from bevdeploy.runtime.scn.torch_executor import TorchScnExecutor
 
