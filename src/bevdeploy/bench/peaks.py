@@ -204,7 +204,15 @@ def openvino_rates(sizes: Sizes, threads: int, seconds: float,
 def measure_peaks(threads: int, *, seconds: float = 1.0, sizes: Sizes = Sizes(),
                   engines: Sequence[str] = ENGINES) -> Peaks:
     """Every ``engines`` problem on ``threads`` threads (see the module docstring); OpenVINO's
-    rows are skipped, with the reason recorded, where it is not importable."""
+    rows are skipped, with the reason recorded, where it is not importable. The engines' flush
+    mode stays off this thread (``backends.fp_env``)."""
+    from bevdeploy.runtime.backends.fp_env import callers_fp_env
+
+    with callers_fp_env():
+        return _measure_peaks(threads, seconds, sizes, engines)
+
+
+def _measure_peaks(threads: int, seconds: float, sizes: Sizes, engines: Sequence[str]) -> Peaks:
     peaks = Peaks()
     if "numpy" in engines or "scipy" in engines:
         peaks.rates += [r for r in blas_rates(sizes, threads, seconds) if r.engine in engines]

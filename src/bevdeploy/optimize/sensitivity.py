@@ -56,6 +56,7 @@ from bevdeploy.optimize.int8 import Int8Options, quantize, recipe_scope
 from bevdeploy.package import DeployPackage
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends.base import RunnerOptions
+from bevdeploy.runtime.backends.fp_env import callers_fp_env
 from bevdeploy.runtime.backends.onnxruntime import PROVIDERS, OnnxRuntimeRunner, session_options
 
 Granularity = Literal["layer", "block"]
@@ -275,9 +276,9 @@ class MapProbe:
         pkg = self.pipeline.package
         entry = pkg.module(name)
         blob = model if isinstance(model, bytes) else model.SerializeToString()
-        session = ort.InferenceSession(blob,
-                                       sess_options=session_options(self._options),
-                                       providers=list(PROVIDERS))
+        with callers_fp_env():  # ONNX Runtime's flush mode stays on its own threads
+            session = ort.InferenceSession(blob, sess_options=session_options(self._options),
+                                           providers=list(PROVIDERS))
         return OnnxRuntimeRunner(name, pkg.path(name), session, entry.inputs, entry.outputs)
 
 

@@ -395,3 +395,19 @@ def test_dynamic_graph_dimensions_follow_the_manifest(trained_tiny_package, feed
     two = dynamic.run({"feat_in": np.concatenate([x, x[..., ::-1]])})["feat_out"]
     assert two.shape[0] == 2
     np.testing.assert_array_equal(first["feat_out"], kept)  # not overwritten by the next call
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_callers_thread_keeps_its_subnormals(trained_tiny_package, feeds, backend):
+    """The runtimes flush subnormals on the thread that loads or runs a model; the runners give
+    that thread its own floating-point mode back, so numpy keeps reading 1e-40 as 1e-40 after a
+    load and a run (without ``callers_fp_env`` both give 0.0 here)."""
+    def tiny_value() -> float:
+        return float((np.array([1e-40], dtype=np.float32) * np.float32(1.0))[0])
+
+    assert tiny_value() > 0.0
+    pkg = load_package(trained_tiny_package)
+    runner = create_runner(backend, pkg.path("fuser"), pkg.module("fuser"), RunnerOptions())
+    assert tiny_value() > 0.0
+    runner.run(feeds["fuser"])
+    assert tiny_value() > 0.0

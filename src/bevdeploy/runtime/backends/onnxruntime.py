@@ -37,6 +37,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
 from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.fp_env import callers_fp_env
 
 PROVIDERS = ("CPUExecutionProvider",)
 
@@ -87,8 +88,9 @@ class OnnxRuntimeRunner(ModuleRunner):
     def load(cls, path: Path, entry: ModuleEntry, options: RunnerOptions) -> "OnnxRuntimeRunner":
         """Open ``path`` and check that its graph I/O is the manifest ``entry``'s."""
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(options),
-                                           providers=list(PROVIDERS))
+            with callers_fp_env():
+                session = ort.InferenceSession(str(path), sess_options=session_options(options),
+                                               providers=list(PROVIDERS))
         except _LOAD_ERRORS as exc:
             raise PackageError(f"ONNX Runtime cannot load module {entry.name!r}: {exc}",
                                path=path, field=f"modules.{entry.name}.file") from None
@@ -100,7 +102,8 @@ class OnnxRuntimeRunner(ModuleRunner):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = check_feeds(self.name, self._inputs, feeds, source=self.path)
         t0 = time.perf_counter()
-        values = self.session.run(self._output_names, checked)
+        with callers_fp_env():
+            values = self.session.run(self._output_names, checked)
         self._last_time_s = time.perf_counter() - t0
         return dict(zip(self._output_names, values))
 

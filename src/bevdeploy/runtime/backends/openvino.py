@@ -19,8 +19,8 @@ ONNX parse error rather than every frontend's guess) and compiled once for ``"CP
   (2.2 % and 4.3 % of the values on a synthetic frame: depth probabilities from the softmax's
   tails times features), over which FP32 convolutions ran 3–7× slower
   (docs/bench/notes.md#openvino-vs-onnx-runtime-on-the-cpu); flushing changes only values
-  below 1.2e-38. OpenVINO sets the flush mode on the thread that compiles the model too
-  (measured), so the numba kernels on that thread then flush subnormals as well.
+  below 1.2e-38. OpenVINO sets the flush mode on the thread that compiles or runs the model too
+  (measured); ``fp_env.callers_fp_env`` gives that thread its own mode back after each call.
 * ``PERFORMANCE_HINT=LATENCY`` with one stream: one frame at a time, each module on every
   thread it is given (``RunnerOptions.threads`` → ``INFERENCE_NUM_THREADS``; unset: the
   plugin's choice, every core). ``optimization`` and ``spinning`` are ONNX Runtime's knobs,
@@ -56,6 +56,7 @@ import numpy as np
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
 from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
+from bevdeploy.runtime.backends.fp_env import callers_fp_env
 
 DEVICE = "CPU"
 # RunnerOptions.inference_precision → OpenVINO's INFERENCE_PRECISION_HINT.
@@ -151,7 +152,8 @@ class OpenVinoRunner(ModuleRunner):
         _check_io(entry, "outputs", model.outputs, path)
         _fix_static_inputs(ov, model, entry)
         try:
-            compiled = core().compile_model(model, DEVICE, config)
+            with callers_fp_env():
+                compiled = core().compile_model(model, DEVICE, config)
         except _load_errors(ov) as exc:
             raise PackageError(f"OpenVINO cannot compile module {entry.name!r}: "
                                f"{_first_line(exc)}", path=path, field=fld) from None
@@ -167,7 +169,8 @@ class OpenVinoRunner(ModuleRunner):
                 fresh[name] = np.empty(shape, dtype)
                 request.set_output_tensor(index, self._tensor(fresh[name], shared_memory=True))
         t0 = time.perf_counter()
-        results = request.infer(checked, share_inputs=True, share_outputs=True)
+        with callers_fp_env():
+            results = request.infer(checked, share_inputs=True, share_outputs=True)
         self._last_time_s = time.perf_counter() - t0
         return {name: fresh[name] if name in fresh else np.array(results[index], copy=True)
                 for name, index, _, _ in self._outputs_plan}

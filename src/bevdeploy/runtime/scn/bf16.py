@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bevdeploy.errors import ConfigError
+from bevdeploy.runtime.backends.fp_env import callers_fp_env
 from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason, core, import_openvino
 from bevdeploy.runtime.kernels.cpu.sparse_conv import Rulebook
 from bevdeploy.runtime.scn.plan import ConvStep
@@ -75,9 +76,10 @@ class Bf16Convs:
             raise ConfigError(reason, field=_FIELD)
         config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        self._requests = {step.name: core().compile_model(_conv_model(step), "CPU", config)
-                          .create_infer_request()
-                          for step in steps if step.layer.in_channels >= MIN_CHANNELS}
+        with callers_fp_env():
+            self._requests = {step.name: core().compile_model(_conv_model(step), "CPU", config)
+                              .create_infer_request()
+                              for step in steps if step.layer.in_channels >= MIN_CHANNELS}
 
     @property
     def names(self) -> frozenset[str]:
@@ -96,4 +98,6 @@ class Bf16Convs:
         inputs = [feats, rulebook.rows_by_output]
         if residual is not None:
             inputs.append(residual)
-        return self._requests[step.name].infer(inputs, share_inputs=True, share_outputs=True)[0]
+        with callers_fp_env():
+            return self._requests[step.name].infer(inputs, share_inputs=True,
+                                                   share_outputs=True)[0]
