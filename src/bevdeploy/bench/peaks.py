@@ -205,8 +205,8 @@ def measure_peaks(threads: int, *, seconds: float = 1.0, sizes: Sizes = Sizes(),
                   engines: Sequence[str] = ENGINES) -> Peaks:
     """Every ``engines`` problem on ``threads`` threads (see the module docstring); OpenVINO's
     rows are skipped, with the reason recorded, where it is not importable. The engines' flush
-    mode stays off this thread (``backends.fp_env``)."""
-    from bevdeploy.runtime.backends.fp_env import callers_fp_env
+    mode stays off this thread (``runtime.fp_env``)."""
+    from bevdeploy.runtime.fp_env import callers_fp_env
 
     with callers_fp_env():
         return _measure_peaks(threads, seconds, sizes, engines)

@@ -56,7 +56,7 @@ from bevdeploy.optimize.int8 import Int8Options, quantize, recipe_scope
 from bevdeploy.package import DeployPackage
 from bevdeploy.runtime import Pipeline
 from bevdeploy.runtime.backends.base import RunnerOptions
-from bevdeploy.runtime.backends.fp_env import callers_fp_env
+from bevdeploy.runtime.fp_env import callers_fp_env
 from bevdeploy.runtime.backends.onnxruntime import PROVIDERS, OnnxRuntimeRunner, session_options
 
 Granularity = Literal["layer", "block"]

@@ -52,6 +52,7 @@ from bevdeploy.runtime.backends.auto import AUTO, choose_for_package
 from bevdeploy.runtime.backends.base import OptimizationLevel
 from bevdeploy.runtime.backends.gpu import GPU_BACKENDS, GpuConfig, GpuOptions
 from bevdeploy.runtime.devices import Precision
+from bevdeploy.runtime.fp_env import flush_subnormals
 from bevdeploy.runtime.frame_checks import check_frame, frame_label, name_failure
 from bevdeploy.runtime.schedules import (CameraInputs, DeviceSchedule, Schedule, frame_pipelined,
                                          numba_threads, resolve_schedule)
@@ -167,7 +168,7 @@ class Pipeline:
         """Detect objects in one frame; ``last_timings`` then holds its per-stage times (ms)."""
         check_frame(frame, self.preset)
         timer = StageTimer()
-        with numba_threads(self.threads), timer("total"):
+        with numba_threads(self.threads), flush_subnormals(), timer("total"):
             detections = self.schedule(self, frame, timer)
         self.last_timings = timer.ms
         return detections
@@ -268,5 +269,5 @@ class Pipeline:
             return self.decode.run(outputs)
 
     def _budgeted(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with numba_threads(self.threads):
+        with numba_threads(self.threads), flush_subnormals():
             return fn(*args)

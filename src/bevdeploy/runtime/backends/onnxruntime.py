@@ -37,7 +37,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
 from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
-from bevdeploy.runtime.backends.fp_env import callers_fp_env
+from bevdeploy.runtime.fp_env import callers_fp_env
 
 PROVIDERS = ("CPUExecutionProvider",)
 

@@ -20,7 +20,8 @@ ONNX parse error rather than every frontend's guess) and compiled once for ``"CP
   tails times features), over which FP32 convolutions ran 3–7× slower
   (docs/bench/notes.md#openvino-vs-onnx-runtime-on-the-cpu); flushing changes only values
   below 1.2e-38. OpenVINO sets the flush mode on the thread that compiles or runs the model too
-  (measured); ``fp_env.callers_fp_env`` gives that thread its own mode back after each call.
+  (measured); ``runtime.fp_env.callers_fp_env`` gives that thread its own mode back after
+  each call.
 * ``PERFORMANCE_HINT=LATENCY`` with one stream: one frame at a time, each module on every
   thread it is given (``RunnerOptions.threads`` → ``INFERENCE_NUM_THREADS``; unset: the
   plugin's choice, every core). ``optimization`` and ``spinning`` are ONNX Runtime's knobs,
@@ -56,7 +57,7 @@ import numpy as np
 from bevdeploy.errors import ConfigError, PackageError
 from bevdeploy.package import ModuleEntry, TensorSpec
 from bevdeploy.runtime.backends.base import ModuleRunner, RunnerOptions, check_feeds
-from bevdeploy.runtime.backends.fp_env import callers_fp_env
+from bevdeploy.runtime.fp_env import callers_fp_env
 
 DEVICE = "CPU"
 # RunnerOptions.inference_precision → OpenVINO's INFERENCE_PRECISION_HINT.

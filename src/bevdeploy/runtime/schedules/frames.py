@@ -18,6 +18,7 @@ import numpy as np
 
 from bevdeploy.data.frame import Detections, Frame
 from bevdeploy.runtime.frame_checks import check_frame, frame_label, name_failure
+from bevdeploy.runtime.fp_env import flush_subnormals
 from bevdeploy.runtime.schedules.base import CameraInputs, Composition, numba_threads
 from bevdeploy.runtime.timing import StageTimer
 
@@ -84,7 +85,7 @@ def stream(pipeline: Composition, source: Iterable[Frame]) -> Iterator[Detection
             assert isinstance(item, _Prepared)
             timer = item.timer
             try:
-                with numba_threads(pipeline.threads):
+                with numba_threads(pipeline.threads), flush_subnormals():
                     camera_bev = pipeline.camera_features(item.camera, timer)
                     detections = pipeline.detect(camera_bev, item.lidar_bev, timer)
             except Exception as exc:
@@ -119,7 +120,7 @@ def _produce(pipeline: Composition, source: Iterator[Frame], out: queue.SimpleQu
     never waits for a worker that is gone."""
     label = "while loading it"
     try:
-        with numba_threads(pipeline.threads):
+        with numba_threads(pipeline.threads), flush_subnormals():
             while True:
                 while not slots.acquire(timeout=_POLL_S):
                     if stop.is_set():

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bevdeploy.errors import ConfigError
-from bevdeploy.runtime.backends.fp_env import callers_fp_env
+from bevdeploy.runtime.fp_env import callers_fp_env
 from bevdeploy.runtime.backends.openvino import bf16_unavailable_reason, core, import_openvino
 from bevdeploy.runtime.kernels.cpu.sparse_conv import Rulebook
 from bevdeploy.runtime.scn.plan import ConvStep

@@ -38,6 +38,7 @@ import numba
 import numpy as np
 
 from bevdeploy.errors import ConfigError, InputError
+from bevdeploy.runtime.fp_env import flush_subnormals
 from bevdeploy.runtime.kernels.cpu.sparse_conv import (
     DuplicateSiteError, Rulebook, blas_single_thread, site_order, sparse_conv, strided_rulebook,
     subm_rulebook,
@@ -155,7 +156,7 @@ class ScnExecutor:
         previous_threads = numba.get_num_threads()
         numba.set_num_threads(self.threads)
         try:
-            with blas_single_thread():
+            with blas_single_thread(), flush_subnormals():
                 sites = _Sites(coords, self.sparse_shape)
                 result = execute(self._plan, self._ops, Sparse(feats, sites), timings)
         finally:
