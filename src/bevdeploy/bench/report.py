@@ -49,7 +49,8 @@ TOTAL_INCLUDES = {
         "resize + crop + normalize, matrices; its row 'normalize'), the forward (depth map, "
         "backbone + neck + depth net as 'camera.backbone', geometry, bev_pool, downsample as "
         "'camera.vtransform', voxelize, spconv encoder as 'scn', fuser + decoder as 'fuser', "
-        "head) and decode; FP32 eager under torch.inference_mode. On a GPU (eager-cuda) "
+        "head) and decode; FP32 eager under torch.inference_mode, subnormals flushed as the "
+        "deploy runtime flushes them. On a GPU (eager-cuda) "
         "'normalize' includes the copy to the device, and every stage boundary waits for the "
         "device so that a stage's time is its work."),
 }

@@ -118,6 +118,10 @@ def _reference_stream(variant: Variant, pkg: Any) -> tuple[Stream, str, Counter]
                             "indexing is deprecated", category=UserWarning)
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     torch.set_num_threads(variant.threads)
+    # The deploy runtime computes with subnormals flushed (runtime.fp_env); the reference does
+    # too, or its ratio would hold a random-weight package's subnormal penalty (this process is
+    # the variant's own, so the setting ends with it).
+    torch.set_flush_denormal(True)
     model, weights = reference_model(pkg, variant.checkpoint)
     device = torch.device("cuda" if variant.schedule == REFERENCE_CUDA_SCHEDULE else "cpu")
     if device.type == "cuda":
