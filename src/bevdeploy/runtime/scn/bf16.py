@@ -37,6 +37,7 @@ from bevdeploy.runtime.kernels.cpu.sparse_conv import Rulebook
 from bevdeploy.runtime.scn.plan import ConvStep
 
 MIN_CHANNELS = 64  # input channels from which a conv runs in BF16 (see the module docstring)
+ROW_BUCKET = 4096  # output rows are padded to a multiple of this (see ``_bucketed_rows``)
 _FIELD = "precision"
 
 
@@ -93,11 +94,30 @@ class Bf16Convs:
         The result is the conv's own OpenVINO output buffer, not a copy (copies cost 8 % of
         these convs' time on the r50 SCN): it is valid until this conv runs again, i.e. for
         the rest of the executor's run, which releases every conv output before it returns."""
-        if rulebook.num_outputs == 0:
+        count = rulebook.num_outputs
+        if count == 0:
             return np.zeros((0, step.weight.shape[2]), dtype=np.float32)
-        inputs = [feats, rulebook.rows_by_output]
+        rows = _bucketed_rows(rulebook)
+        inputs = [feats, rows]
         if residual is not None:
-            inputs.append(residual)
+            padded = np.zeros((rows.shape[0], residual.shape[1]), np.float32)
+            padded[:count] = residual
+            inputs.append(padded)
         with callers_fp_env():
             return self._requests[step.name].infer(inputs, share_inputs=True,
-                                                   share_outputs=True)[0]
+                                                   share_outputs=True)[0][:count]
+
+
+def _bucketed_rows(rulebook: Rulebook) -> np.ndarray:
+    """``rows_by_output`` padded with rows of −1 (the zero row: outputs that are sliced off) to
+    a multiple of ``ROW_BUCKET``. Every frame has another voxel count, and OpenVINO plans a
+    MatMul for each new row count it meets; with the counts bucketed, the plans of earlier
+    frames serve later ones (docs/bench/notes.md#scn-in-bf16)."""
+    rows = rulebook.rows_by_output
+    count = rows.shape[0]
+    size = -(-count // ROW_BUCKET) * ROW_BUCKET
+    if size == count:
+        return rows
+    padded = np.full((size, rows.shape[1]), -1, np.int32)
+    padded[:count] = rows
+    return padded
