@@ -25,6 +25,7 @@ refused with a ``ConfigError`` when it is absent or the CPU has no native BF16.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,6 +82,8 @@ class Bf16Convs:
             self._requests = {step.name: core().compile_model(_conv_model(step), "CPU", config)
                               .create_infer_request()
                               for step in steps if step.layer.in_channels >= MIN_CHANNELS}
+        # each frame's rulebooks → their padded gather rows, gone with the rulebooks
+        self._rows: weakref.WeakKeyDictionary[Rulebook, np.ndarray] = weakref.WeakKeyDictionary()
 
     @property
     def names(self) -> frozenset[str]:
@@ -97,7 +100,9 @@ class Bf16Convs:
         count = rulebook.num_outputs
         if count == 0:
             return np.zeros((0, step.weight.shape[2]), dtype=np.float32)
-        rows = _bucketed_rows(rulebook)
+        rows = self._rows.get(rulebook)
+        if rows is None:  # once per rulebook: the convs sharing it share the padded rows
+            rows = self._rows[rulebook] = _bucketed_rows(rulebook)
         inputs = [feats, rows]
         if residual is not None:
             padded = np.zeros((rows.shape[0], residual.shape[1]), np.float32)
@@ -109,15 +114,13 @@ class Bf16Convs:
 
 
 def _bucketed_rows(rulebook: Rulebook) -> np.ndarray:
-    """``rows_by_output`` padded with rows of −1 (the zero row: outputs that are sliced off) to
-    a multiple of ``ROW_BUCKET``. Every frame has another voxel count, and OpenVINO plans a
-    MatMul for each new row count it meets; with the counts bucketed, the plans of earlier
-    frames serve later ones (docs/bench/notes.md#scn-in-bf16)."""
-    rows = rulebook.rows_by_output
-    count = rows.shape[0]
-    size = -(-count // ROW_BUCKET) * ROW_BUCKET
-    if size == count:
-        return rows
-    padded = np.full((size, rows.shape[1]), -1, np.int32)
-    padded[:count] = rows
-    return padded
+    """The rulebook's rows by output, ``(M_out', K)`` int32: ``neighbours`` transposed, each
+    output's input rows side by side (−1: none, i.e. the zero row), padded with rows of −1
+    (outputs that are sliced off) to ``M_out'``, a multiple of ``ROW_BUCKET``. Every frame has
+    another voxel count, and OpenVINO plans a MatMul for each new row count it meets; with the
+    counts bucketed, the plans of earlier frames serve later ones
+    (docs/bench/notes.md#scn-in-bf16)."""
+    num_offsets, count = rulebook.neighbours.shape
+    rows = np.full((-(-count // ROW_BUCKET) * ROW_BUCKET, num_offsets), -1, np.int32)
+    rows[:count] = rulebook.neighbours.T
+    return rows

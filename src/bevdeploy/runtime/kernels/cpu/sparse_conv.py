@@ -240,12 +240,6 @@ class Rulebook:
         """(K,) int64: active pairs per kernel offset."""
         return np.count_nonzero(self.neighbours >= 0, axis=1)
 
-    @cached_property
-    def rows_by_output(self) -> np.ndarray:
-        """(M_out, K) int32: ``neighbours`` transposed, each output's input rows side by side
-        (−1: none), the gather index of an implicit GEMM (``bevdeploy.runtime.scn.bf16``)."""
-        return np.ascontiguousarray(self.neighbours.T)
-
     @property
     def num_pairs(self) -> int:
         """All active (input, output) pairs; a conv costs ``num_pairs · C_in · C_out`` MACs."""
